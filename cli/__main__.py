@@ -1,0 +1,3 @@
+from splat3d_cli.main import main
+
+main()

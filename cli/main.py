@@ -1,0 +1,225 @@
+"""The ``splat3d`` command line."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from splat3d import __version__
+from splat3d.errors import Splat3dError
+
+app = typer.Typer(
+    name="splat3d",
+    help="Text-to-3D Gaussian splatting by score distillation (L2-VSD).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool):
+    if value:
+        console.print(f"splat3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+):
+    """Text-to-3D Gaussian splatting by score distillation (L2-VSD)."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
+    try:
+        app()
+    except Splat3dError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".splat3d-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise Splat3dError(
+            f"Cannot write to {path} ({e.strerror or e}); choose a writable folder with --out."
+        ) from None
+    return path
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Splat3dError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    if name not in ("cpu", "cuda"):
+        raise Splat3dError(f"Unknown device {name!r}; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+@app.command()
+def info(scene: Path = typer.Argument(..., help="A 3DGS .ply file.")):
+    """Print a scene's Gaussian count, SH degree, bounds and statistics."""
+    import torch
+
+    from splat3d.ply import read_ply
+
+    s = read_ply(scene)
+    table = Table(title=str(scene), show_header=False, title_justify="left")
+    table.add_row("Gaussians", f"{len(s):,}")
+    table.add_row("SH degree", str(s.sh_degree))
+    table.add_row("file size", f"{scene.stat().st_size / 1e6:.2f} MB")
+    if len(s):
+        with torch.no_grad():
+            lo, hi = s.means.min(0).values, s.means.max(0).values
+            table.add_row("bounds min", "  ".join(f"{v:+.3f}" for v in lo.tolist()))
+            table.add_row("bounds max", "  ".join(f"{v:+.3f}" for v in hi.tolist()))
+
+            def stats(t):
+                q = torch.quantile(t.double(), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+                return f"min {q[0]:.4g}  median {q[1]:.4g}  mean {t.mean():.4g}  max {q[2]:.4g}"
+
+            table.add_row("opacity", stats(s.opacities))
+            table.add_row("scale (largest axis)", stats(s.scales.max(dim=1).values))
+    console.print(table)
+
+
+@app.command()
+def render(
+    scene: Path = typer.Argument(..., help="A 3DGS .ply file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (and video)."),
+    cameras: Path | None = typer.Option(None, "--cameras", help="Cameras JSON file."),
+    orbit: int | None = typer.Option(None, "--orbit", help="Render N views on a circle around the origin."),
+    elevation: float = typer.Option(20.0, help="Orbit elevation in degrees."),
+    radius: float | None = typer.Option(None, help="Orbit radius; default fits the scene."),
+    fovy: float = typer.Option(40.0, help="Orbit vertical field of view in degrees."),
+    size: str | None = typer.Option(
+        None, "--size", help="WIDTHxHEIGHT; default 256x256 or the cameras' own."
+    ),
+    video: bool = typer.Option(False, "--video", help="Also write a turntable video (mp4, or GIF)."),
+    background: str = typer.Option("white", help="white, black, or R,G,B in [0, 1]."),
+    sh_degree: int | None = typer.Option(None, help="SH degree to evaluate (default: the scene's)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    fps: int = typer.Option(24, help="Video frames per second."),
+):
+    """Render a scene to one PNG per view, and optionally a turntable video."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from splat3d.cameras import load_cameras_json, parse_size, turntable
+    from splat3d.media import save_png, save_video, to_uint8
+    from splat3d.ply import read_ply
+    from splat3d.render import render as render_scene
+
+    if (cameras is None) == (orbit is None):
+        raise Splat3dError("Give exactly one of --cameras FILE or --orbit N to say where to render from.")
+    if orbit is not None and not 1 <= orbit <= 10000:
+        raise Splat3dError(f"--orbit {orbit} is out of range; ask for 1 to 10000 views.")
+    if not 0.0 < fovy < 180.0:
+        raise Splat3dError(f"--fovy {fovy} is out of range; give degrees between 0 and 180.")
+    if radius is not None and radius <= 0:
+        raise Splat3dError(f"--radius {radius} must be positive.")
+    bg = _parse_background(background)
+    dev = _device(device)
+    wh = parse_size(size) if size else None
+    s = read_ply(scene)
+    if sh_degree is not None and not 0 <= sh_degree <= s.sh_degree:
+        raise Splat3dError(f"--sh-degree {sh_degree} is out of range; {scene} has SH degree {s.sh_degree}.")
+    if cameras is not None:
+        cams = load_cameras_json(cameras)
+        if wh:
+            cams = cams.resized(*wh)
+    else:
+        w, h = wh or (256, 256)
+        cams = turntable(orbit, elevation, radius or _fit_radius(s, fovy), fovy, w, h)
+    _writable_dir(out)
+
+    s = s.to(dev)
+    frames = []
+    columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress, torch.no_grad():
+        task = progress.add_task("render", total=len(cams))
+        for i in range(len(cams)):
+            image = render_scene(s, cams[i].to(dev), bg, sh_degree=sh_degree).images[0]
+            frame = to_uint8(image)
+            save_png(frame, out / f"view_{i:03d}.png")
+            frames.append(frame)
+            progress.advance(task)
+    console.print(f"wrote {len(frames)} views of {len(s):,} Gaussians to {out}/view_*.png")
+    if video:
+        path = save_video(frames, out / "turntable.mp4", fps=fps)
+        console.print(f"wrote {path}")
+
+
+def _parse_background(text: str):
+    named = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+    if text in named:
+        return named[text]
+    try:
+        rgb = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):
+        raise Splat3dError(f"Background {text!r} is not valid; use white, black, or R,G,B in [0, 1].")
+    return rgb
+
+
+def _fit_radius(scene, fovy: float) -> float:
+    """Orbit radius at which the scene's bulk (98% of centres) fills the view."""
+    import torch
+
+    from splat3d.cameras import default_fovy_radius
+
+    if len(scene) == 0:
+        return 3.0
+    extent = torch.quantile(scene.means.detach().norm(dim=-1).double(), 0.98).item()
+    return default_fovy_radius(max(extent, 1e-3), fovy)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Folder for the scene and pictures."),
+    views: int = typer.Option(24, help="Number of turntable views."),
+    size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the views."),
+):
+    """Build the built-in demo scene, save it as PLY and render a turntable."""
+    from splat3d.cameras import parse_size
+    from splat3d.demo import demo_scene
+
+    parse_size(size)
+    _writable_dir(out)
+    scene = demo_scene()
+    scene.save_ply(out / "scene.ply")
+    console.print(f"wrote {out / 'scene.ply'} ({len(scene):,} Gaussians)")
+    render(
+        scene=out / "scene.ply", out=out, cameras=None, orbit=views, elevation=20.0, radius=None,
+        fovy=40.0, size=size, video=True, background="white", sh_degree=None, device="auto", fps=24,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
