@@ -72,6 +72,15 @@ class Cameras:
         """Camera centres in world coordinates [C, 3]."""
         return self.c2w[:, :3, 3]
 
+    def angles(self) -> tuple[Tensor, Tensor]:
+        """(elevation, azimuth) in degrees [C], from the orbit values or the positions."""
+        if self.elevation is not None and self.azimuth is not None:
+            return self.elevation, self.azimuth
+        p = self.positions
+        r = p.norm(dim=-1).clamp_min(1e-12)
+        elevation = torch.rad2deg(torch.asin((p[:, 2] / r).clamp(-1, 1)))
+        return elevation, torch.rad2deg(torch.atan2(p[:, 1], p[:, 0]))
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> Cameras:
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)

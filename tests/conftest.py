@@ -36,3 +36,18 @@ def random_scene(n=40, sh_degree=0, seed=0, dtype=torch.float64, spread=1.0) -> 
 @pytest.fixture
 def make_scene():
     return random_scene
+
+
+@pytest.fixture(scope="session")
+def tiny_priors(tmp_path_factory):
+    """Four tiny random priors in the diffusers layout: pixel/latent x epsilon/v."""
+    from splat3d.priors.tiny import make_tiny_prior
+
+    root = tmp_path_factory.mktemp("priors")
+    return {
+        (kind, pred): make_tiny_prior(
+            root / f"{kind}-{pred}", kind=kind, prediction_type=pred, sample_size=16
+        )
+        for kind in ("pixel", "latent")
+        for pred in ("epsilon", "v_prediction")
+    }

