@@ -21,24 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, reset_peak_rss, rss_kb, write_doc_section  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "raster.json"
-DOC = ROOT / "docs" / "benchmarks.md"
 
 
 # ----------------------------------------------------------------- child side
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def dense_composite(proj, colors, n_cameras, width, height):
@@ -111,8 +106,7 @@ def child(method: str, n: int, size: int, reps: int) -> dict:
 
     with torch.no_grad():
         forward()  # warm-up
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
-    base = _rss_kb("VmRSS")
+    base = reset_peak_rss()
     t_fwd, t_fb = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -124,7 +118,7 @@ def child(method: str, n: int, size: int, reps: int) -> dict:
         t_fb.append(time.perf_counter() - t0)
         for p in scene.params.values():
             p.grad = None
-    peak = _rss_kb("VmHWM") - base
+    peak = rss_kb("VmHWM") - base
     return {
         "method": method, "n": n, "size": size,
         "forward_s": statistics.median(t_fwd), "forward_backward_s": statistics.median(t_fb),
@@ -178,29 +172,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(rows: list[dict], machine: str) -> None:
-    start, end = "<!-- raster:start -->", "<!-- raster:end -->"
-    section = (
-        f"{start}\n## Rasterizer: torch backend vs dense brute force\n\n"
-        f"`python benchmarks/raster.py` on {machine}. One camera, a random ball of N Gaussians "
+def write_doc(rows: list[dict], machine_name: str) -> None:
+    write_doc_section(
+        "raster",
+        "## Rasterizer: torch backend vs dense brute force\n\n"
+        f"`python benchmarks/raster.py` on {machine_name}. One camera, a random ball of N Gaussians "
         "(radius 1, opacity 0.5, scale radius/N^⅓) seen from distance 3 with a 40° field of view. "
         "Times are medians of 3 runs; peak MB is the extra resident memory of the timed runs "
         "(fresh process each). Speed-up and memory ratio compare forward+backward, measured in the "
-        "same run.\n\n" + table(rows) + f"\n{end}"
+        "same run.\n\n" + table(rows),
     )
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nNumbers from the scripts in benchmarks/.\n"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only N=10k at 128²")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--dense-limit-gb", type=float, default=12.0)
@@ -211,9 +196,7 @@ def main() -> None:
         print(json.dumps(child(method, int(n), int(size), int(reps))))
         return
 
-    configs = (
-        [(10_000, 128)] if args.quick else [(n, s) for n in (1_000, 10_000, 50_000) for s in (64, 128, 256)]
-    )
+    configs = [(10_000, 128)] if args.quick else [(n, s) for n in (1_000, 10_000, 50_000) for s in (64, 128, 256)]
     rows = []
     for n, size in configs:
         for method in ("torch", "dense"):
@@ -223,18 +206,12 @@ def main() -> None:
             else:
                 rows.append(measure(method, n, size, args.reps))
             print(json.dumps(rows[-1]), flush=True)
-    import torch
-
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
     print()
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    RESULTS.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
     if not args.quick:
-        write_doc(rows, machine)
+        write_doc(rows, machine())
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -32,9 +34,7 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
     """Text-to-3D Gaussian splatting by score distillation (L2-VSD)."""
 
@@ -117,9 +117,7 @@ def render(
     elevation: float = typer.Option(20.0, help="Orbit elevation in degrees."),
     radius: float | None = typer.Option(None, help="Orbit radius; default fits the scene."),
     fovy: float = typer.Option(40.0, help="Orbit vertical field of view in degrees."),
-    size: str | None = typer.Option(
-        None, "--size", help="WIDTHxHEIGHT; default 256x256 or the cameras' own."
-    ),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT; default 256x256 or the cameras' own."),
     video: bool = typer.Option(False, "--video", help="Also write a turntable video (mp4, or GIF)."),
     background: str = typer.Option("white", help="white, black, or R,G,B in [0, 1]."),
     sh_degree: int | None = typer.Option(None, help="SH degree to evaluate (default: the scene's)."),
@@ -219,6 +217,139 @@ def demo(
         scene=out / "scene.ply", out=out, cameras=None, orbit=views, elevation=20.0, radius=None,
         fovy=40.0, size=size, video=True, background="white", sh_degree=None, device="auto", fps=24,
     )  # fmt: skip
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "run"
+
+
+@app.command()
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help='What to generate, e.g. "a red cube".'),
+    method: Optional[str] = typer.Option(None, help="l2vsd (default), vsd, lvsd or sds."),
+    model: Optional[str] = typer.Option(None, help="Built-in prior name, local diffusers folder, or hub id."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="A preset name or YAML file."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: KEY=VALUE (repeatable)."),
+    steps: Optional[int] = typer.Option(None, help="Number of steps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this .ply scene."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<prompt>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Generate a 3D Gaussian splat scene from a text prompt."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from splat3d.config import build_config
+    from splat3d.train import NonFiniteRun, RunInterrupted, Trainer, prepare_run_folder
+
+    if resume is not None:
+        if prompt or config or set_ or method or model or init or overwrite:
+            raise Splat3dError("--resume continues a run as it was configured; pass only --resume DIR (and --steps).")
+        if steps is not None and steps <= 0:
+            raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
+        trainer = Trainer.resume(resume, steps=steps)
+        run_dir = resume
+    else:
+        if prompt is None and config is None:
+            raise Splat3dError('Give a prompt, e.g. splat3d generate "a red cube" (or --config RUN/config.yaml).')
+        cfg = build_config(
+            config, set_, prompt__prompt=prompt, method=method, model=model, steps=steps, seed=seed,
+            device=device, init__kind="ply" if init else None, init__path=str(init) if init else None,
+        )  # fmt: skip
+        if init is not None and not init.is_file():
+            raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
+        run_dir = out or Path("runs") / _slug(cfg.prompt.prompt)
+        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+            prepare_run_folder(run_dir, overwrite=False)  # raises the clear error
+        trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
+        prepare_run_folder(run_dir, overwrite)
+
+    cfg = trainer.config
+    if not quiet:
+        err_console.print(
+            f'splat3d {cfg.method} · {cfg.model} · {trainer.device} · "{cfg.prompt.prompt}" -> {run_dir}',
+            highlight=False,
+        )
+    columns = (
+        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]:>6} it/s"),
+        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4g}  {task.fields[gaussians]:,} Gaussians"),
+    )  # fmt: skip
+    with Progress(*columns, console=err_console, disable=quiet, transient=False) as progress:
+        task = progress.add_task("generate", total=cfg.steps, completed=trainer.step, loss=float("nan"),
+                                 gaussians=len(trainer.scene), rate="-")  # fmt: skip
+        started, first = time.perf_counter(), trainer.step
+
+        def on_step(step, logs):
+            rate = (step - first) / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=step, loss=logs["loss"], gaussians=logs["n_gaussians"],
+                            rate=f"{rate:.2f}")  # fmt: skip
+
+        try:
+            trainer.run(on_step=on_step)
+        except RunInterrupted as e:
+            progress.stop()
+            err_console.print(str(e), highlight=False)
+            raise typer.Exit(130) from None
+        except NonFiniteRun as e:
+            progress.stop()
+            err_console.print(f"[red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1) from None
+    console.print(f"wrote {run_dir / 'scene.ply'} ({len(trainer.scene):,} Gaussians) and its pictures in {run_dir}")
+
+
+config_app = typer.Typer(help="Show configuration presets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(preset: Optional[str] = typer.Argument(None, help="A preset name or YAML file.")):
+    """Print the fully resolved configuration (defaults, or a preset applied)."""
+    from splat3d.config import build_config, presets, to_yaml
+
+    typer.echo(to_yaml(build_config(preset)), nl=False)
+    if preset is None:
+        err_console.print(f"presets: {', '.join(presets())}", highlight=False)
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="A run folder, a checkpoint (.pt) or a .ply scene."),
+    out: Path = typer.Option(..., "--out", "-o", help="The file to write."),
+    format: str = typer.Option("ply", "--format", help="ply (INRIA layout)."),
+    sh_degree: Optional[int] = typer.Option(None, "--sh-degree", help="Pad or truncate SH to this degree (0..3)."),
+):
+    """Write a scene for other viewers."""
+    from splat3d.checkpoint import list_checkpoints, load_checkpoint
+    from splat3d.ply import read_ply
+    from splat3d.scene import GaussianScene
+
+    if format != "ply":
+        raise Splat3dError(f"Unknown format {format!r}; choose ply.")
+    if sh_degree is not None and not 0 <= sh_degree <= 3:
+        raise Splat3dError(f"--sh-degree {sh_degree} is out of range; choose 0..3.")
+    if source.is_dir():
+        if (source / "scene.ply").is_file():
+            scene = read_ply(source / "scene.ply")
+        elif checkpoints := list_checkpoints(source / "checkpoints"):
+            scene = GaussianScene(**load_checkpoint(checkpoints[-1])["params"])
+        else:
+            raise Splat3dError(f"{source} holds neither scene.ply nor checkpoints; pass a run folder or a file.")
+    elif source.suffix == ".pt":
+        scene = GaussianScene(**load_checkpoint(source)["params"])
+    else:
+        scene = read_ply(source)
+    if out.parent and not out.parent.exists():
+        _writable_dir(out.parent)
+    try:
+        n = scene.save_ply(out, sh_degree=sh_degree)
+    except OSError as e:
+        raise Splat3dError(f"Cannot write {out} ({e.strerror or e}); choose a writable path with --out.") from None
+    console.print(f"wrote {out} ({n:,} Gaussians, SH degree {sh_degree if sh_degree is not None else scene.sh_degree})")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,7 @@ class Cameras:
 
     def __post_init__(self):
         c = self.viewmats.shape[0]
-        assert self.viewmats.shape == (c, 4, 4), (
-            f"viewmats must be [C, 4, 4], got {tuple(self.viewmats.shape)}"
-        )
+        assert self.viewmats.shape == (c, 4, 4), f"viewmats must be [C, 4, 4], got {tuple(self.viewmats.shape)}"
         assert self.Ks.shape == (c, 3, 3), f"Ks must be [C, 3, 3], got {tuple(self.Ks.shape)}"
         assert self.width > 0 and self.height > 0, f"bad image size {self.width}x{self.height}"
 
@@ -61,6 +59,22 @@ class Cameras:
             self.viewmats[index], self.Ks[index], self.width, self.height,
             pick(self.elevation), pick(self.azimuth), pick(self.radius),
         )  # fmt: skip
+
+    @classmethod
+    def from_c2w(cls, c2w: Tensor, Ks: Tensor, width: int, height: int, convention: str = "opencv") -> Cameras:
+        """Cameras from camera-to-world matrices [C, 4, 4] (or [C, 3, 4]).
+
+        ``convention="opengl"`` accepts the x right, y up, z backward camera
+        axes of OpenGL, Blender, NeRF and threestudio, and converts them.
+        """
+        assert convention in ("opencv", "opengl"), f"unknown camera convention {convention!r}"
+        c2w = c2w.float()
+        if c2w.shape[-2] == 3:
+            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=c2w.device).expand(c2w.shape[0], 1, 4)
+            c2w = torch.cat([c2w, bottom], dim=1)
+        if convention == "opengl":
+            c2w = c2w * torch.tensor([1.0, -1.0, -1.0, 1.0], device=c2w.device)
+        return cls(torch.linalg.inv(c2w), Ks.float().expand(c2w.shape[0], 3, 3), width, height)
 
     @property
     def c2w(self) -> Tensor:
@@ -267,3 +281,39 @@ def parse_size(text: str) -> tuple[int, int]:
 def default_fovy_radius(extent: float, fovy_deg: float = 40.0, margin: float = 1.15) -> float:
     """Distance at which a sphere of radius ``extent`` fills the view of ``fovy``."""
     return margin * extent / math.sin(math.radians(fovy_deg) / 2)
+
+
+class CameraSampler:
+    """Random orbit cameras for each step, from a CameraConfig.
+
+    Elevation, radius and fovy are uniform in their ranges; azimuths are
+    stratified (one per equal slice of the range, jittered within it), so a
+    batch always sees the object from around. Draws come from ``generator``
+    (CPU), which checkpoints save and restore.
+    """
+
+    def __init__(self, config, generator: torch.Generator):
+        self.config = config
+        self.generator = generator
+
+    def render_size(self, step: int) -> int:
+        size = self.config.render_size
+        for start, value in sorted(tuple(x) for x in self.config.render_size_schedule):
+            if step >= start:
+                size = value
+        return int(size)
+
+    def _uniform(self, bounds, n: int) -> Tensor:
+        lo, hi = float(bounds[0]), float(bounds[1])
+        return lo + (hi - lo) * torch.rand(n, generator=self.generator)
+
+    def sample(self, step: int) -> Cameras:
+        cfg, b = self.config, self.config.batch_size
+        lo, hi = float(cfg.azimuth_range[0]), float(cfg.azimuth_range[1])
+        jitter = torch.rand(b, generator=self.generator)
+        azimuth = lo + (hi - lo) * (torch.arange(b) + jitter) / b
+        elevation = self._uniform(cfg.elevation_range, b)
+        radius = self._uniform(cfg.radius_range, b)
+        fovy = self._uniform(cfg.fovy_range, b)
+        size = self.render_size(step)
+        return orbit_cameras(elevation, azimuth, radius, fovy, size, size)

@@ -83,8 +83,7 @@ def write_ply(scene: GaussianScene, path: Union[str, Path], sh_degree: int | Non
     finite = _finite_rows([rows[name] for name in rows.dtype.names])
     if not finite.all():
         warnings.warn(
-            f"Dropped {int((~finite).sum())} of {len(rows)} Gaussians with NaN or Inf values "
-            f"while writing {path}.",
+            f"Dropped {int((~finite).sum())} of {len(rows)} Gaussians with NaN or Inf values while writing {path}.",
             NonFiniteRowsWarning,
             stacklevel=2,
         )
@@ -107,16 +106,13 @@ def _check_header(path: Path) -> None:
         raise PlyFormatError(f"{path} is not a PLY file (it does not start with 'ply'); pass a .ply scene.")
     end = head.find(b"end_header")
     if end < 0:
-        raise PlyFormatError(
-            f"{path} has no complete PLY header (no 'end_header' line); the file is damaged."
-        )
+        raise PlyFormatError(f"{path} has no complete PLY header (no 'end_header' line); the file is damaged.")
     for m in re.finditer(rb"^element\s+\S+\s+(\S+)", head[:end], flags=re.MULTILINE):
         try:
             count = int(m.group(1))
         except ValueError:
             raise PlyFormatError(
-                f"{path} has a malformed element count {m.group(1)[:20]!r} in its header; "
-                "the file is damaged."
+                f"{path} has a malformed element count {m.group(1)[:20]!r} in its header; the file is damaged."
             ) from None
         if count < 0 or count > size:
             raise PlyFormatError(
@@ -147,14 +143,10 @@ def read_ply(path: Union[str, Path]) -> GaussianScene:
     except PlyFormatError:
         raise
     except OSError as e:
-        raise PlyFormatError(
-            f"Cannot read {path} ({e.strerror or e}); check the file's permissions."
-        ) from None
+        raise PlyFormatError(f"Cannot read {path} ({e.strerror or e}); check the file's permissions.") from None
     except Exception as e:  # noqa: BLE001 - plyfile raises many types on damaged input
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise PlyFormatError(
-            f"{path} is not a valid PLY file ({reason}); the file is truncated or damaged."
-        ) from None
+        raise PlyFormatError(f"{path} is not a valid PLY file ({reason}); the file is truncated or damaged.") from None
 
     missing = [p for p in REQUIRED if p not in columns]
     if missing:
@@ -170,9 +162,7 @@ def read_ply(path: Union[str, Path]) -> GaussianScene:
     for name in [*REQUIRED, *(f"f_rest_{i}" for i in rest)]:
         col = columns[name]
         if col.dtype.kind not in "fiu" or col.ndim != 1:
-            raise PlyFormatError(
-                f"{path} has a non-numeric property {name}; it is not a Gaussian splat scene."
-            )
+            raise PlyFormatError(f"{path} has a non-numeric property {name}; it is not a Gaussian splat scene.")
 
     def stack(names_):
         return np.stack([columns[n].astype(np.float32) for n in names_], axis=1) if names_ else None

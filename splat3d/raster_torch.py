@@ -83,13 +83,9 @@ def project(
     # backward pass even though its forward value is discarded.
     with torch.no_grad():
         depths_all = torch.einsum("cj,nj->cn", viewmats[:, 2, :3], means) + viewmats[:, None, 2, 3]
-        camera_ids, gaussian_ids = torch.nonzero(
-            (depths_all > near_plane) & (depths_all < far_plane), as_tuple=True
-        )
+        camera_ids, gaussian_ids = torch.nonzero((depths_all > near_plane) & (depths_all < far_plane), as_tuple=True)
 
-    covars, _ = _quat_scale_to_covar_preci(
-        quats[gaussian_ids], scales[gaussian_ids], compute_preci=False
-    )  # [M, 3, 3]
+    covars, _ = _quat_scale_to_covar_preci(quats[gaussian_ids], scales[gaussian_ids], compute_preci=False)  # [M, 3, 3]
     means_c, covars_c = _world_to_cam(
         means[gaussian_ids][:, None], covars[:, None], viewmats[camera_ids][:, None]
     )  # [M, 1, 1, 3], [M, 1, 1, 3, 3]

@@ -45,9 +45,7 @@ def tiny_priors(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("priors")
     return {
-        (kind, pred): make_tiny_prior(
-            root / f"{kind}-{pred}", kind=kind, prediction_type=pred, sample_size=16
-        )
+        (kind, pred): make_tiny_prior(root / f"{kind}-{pred}", kind=kind, prediction_type=pred, sample_size=16)
         for kind in ("pixel", "latent")
         for pred in ("epsilon", "v_prediction")
     }

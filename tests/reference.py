@@ -105,9 +105,7 @@ def render_reference(raw, viewmat, K, width, height, sh_degree, background, near
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     color = torch.clamp_min(eval_sh(sh_degree, coeffs[idx].transpose(1, 2), dirs) + 0.5, 0.0)
 
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=z.dtype), torch.arange(width, dtype=z.dtype), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=z.dtype), torch.arange(width, dtype=z.dtype), indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2) + 0.5  # [P, 2]
     d = pix[:, None, :] - mean2d[None]  # [P, M, 2]
     sigma = 0.5 * torch.einsum("pmi,mij,pmj->pm", d, conic, d)

@@ -22,9 +22,7 @@ def project(cams: Cameras, points: torch.Tensor) -> torch.Tensor:
 
 
 def test_orbit_looks_at_origin_with_z_up():
-    cams = orbit_cameras(
-        torch.tensor([0.0, 30.0, -20.0]), torch.tensor([0.0, 90.0, 215.0]), 3.0, 40.0, 64, 48
-    )
+    cams = orbit_cameras(torch.tensor([0.0, 30.0, -20.0]), torch.tensor([0.0, 90.0, 215.0]), 3.0, 40.0, 64, 48)
     uv, depth = project(cams, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]]))
     torch.testing.assert_close(uv[:, 0], torch.tensor([[32.0, 24.0]]).expand(3, 2), atol=1e-4, rtol=0)
     torch.testing.assert_close(depth[:, 0], torch.full((3,), 3.0), atol=1e-5, rtol=0)
@@ -109,3 +107,13 @@ def test_bad_sizes(text):
 
 def test_good_size():
     assert parse_size("320x240") == (320, 240)
+
+
+def test_from_c2w_conventions():
+    cams = orbit_cameras(torch.tensor([10.0, 50.0]), torch.tensor([30.0, 200.0]), 2.5, 45.0, 32, 32)
+    back = Cameras.from_c2w(cams.c2w, cams.Ks, 32, 32)
+    torch.testing.assert_close(back.viewmats, cams.viewmats, atol=1e-5, rtol=0)
+    opengl = cams.c2w.clone()
+    opengl[:, :3, 1:3] *= -1  # y up, z backward
+    torch.testing.assert_close(Cameras.from_c2w(opengl[:, :3], cams.Ks[0], 32, 32, "opengl").viewmats, cams.viewmats,
+                               atol=1e-5, rtol=0)  # fmt: skip

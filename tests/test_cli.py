@@ -72,16 +72,12 @@ def test_render_cameras_file(scene_ply, tmp_path):
     result = run("render", scene_ply, "--cameras", tmp_path / "cams.json", "--out", tmp_path / "c")
     assert result.returncode == 0, result.stderr
     assert iio.imread(tmp_path / "c" / "view_001.png").shape == (18, 24, 3)
-    result = run(
-        "render", scene_ply, "--cameras", tmp_path / "cams.json", "--size", "48x36", "--out", tmp_path / "d"
-    )
+    result = run("render", scene_ply, "--cameras", tmp_path / "cams.json", "--size", "48x36", "--out", tmp_path / "d")
     assert iio.imread(tmp_path / "d" / "view_000.png").shape == (36, 48, 3)
 
 
 def test_bad_inputs_exit_2_with_one_sentence(scene_ply, tmp_path):
-    (tmp_path / "junk.ply").write_bytes(
-        b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n"
-    )
+    (tmp_path / "junk.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n")
     (tmp_path / "trunc.ply").write_bytes(scene_ply.read_bytes()[:-100])
     (tmp_path / "cams.json").write_text(json.dumps([{"viewmat": "no"}]))
     (tmp_path / "file").write_text("x")
@@ -89,19 +85,11 @@ def test_bad_inputs_exit_2_with_one_sentence(scene_ply, tmp_path):
     assert_clean_error(run("info", tmp_path / "missing.ply"), "missing.ply does not exist")
     assert_clean_error(run("info", tmp_path / "junk.ply"), "lacks the 3DGS properties")
     assert_clean_error(run("render", tmp_path / "trunc.ply", "--orbit", 2, "--out", out), "trunc.ply")
-    assert_clean_error(
-        run("render", scene_ply, "--cameras", tmp_path / "cams.json", "--out", out), "cams.json"
-    )
-    assert_clean_error(
-        run("render", scene_ply, "--orbit", 2, "--size", "12by3", "--out", out), "WIDTHxHEIGHT"
-    )
+    assert_clean_error(run("render", scene_ply, "--cameras", tmp_path / "cams.json", "--out", out), "cams.json")
+    assert_clean_error(run("render", scene_ply, "--orbit", 2, "--size", "12by3", "--out", out), "WIDTHxHEIGHT")
     assert_clean_error(run("render", scene_ply, "--out", out), "exactly one of --cameras")
-    assert_clean_error(
-        run("render", scene_ply, "--orbit", 2, "--out", tmp_path / "file" / "sub"), "Cannot write"
-    )
-    assert_clean_error(
-        run("render", scene_ply, "--orbit", 2, "--background", "pink", "--out", out), "Background"
-    )
+    assert_clean_error(run("render", scene_ply, "--orbit", 2, "--out", tmp_path / "file" / "sub"), "Cannot write")
+    assert_clean_error(run("render", scene_ply, "--orbit", 2, "--background", "pink", "--out", out), "Background")
     assert_clean_error(run("render", scene_ply, "--orbit", 2, "--bogus", "--out", out), "--bogus")
     assert not out.exists(), "failed commands must not create output"
 
@@ -118,6 +106,4 @@ def test_failed_render_leaves_existing_files_alone(scene_ply, tmp_path):
 def test_demo(tmp_path):
     result = run("demo", "--out", tmp_path / "demo", "--views", 3, "--size", "32x32")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "scene.ply").exists() and len(
-        list((tmp_path / "demo").glob("view_*.png"))
-    ) == 3
+    assert (tmp_path / "demo" / "scene.ply").exists() and len(list((tmp_path / "demo").glob("view_*.png"))) == 3

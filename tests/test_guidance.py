@@ -26,9 +26,7 @@ def batch(prior, b=2, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     size = prior.image_size
     images = torch.rand(b, 3, size, size, generator=g, dtype=dtype).requires_grad_(True)
-    cams = orbit_cameras(
-        torch.tensor([15.0, 40.0][:b]), torch.tensor([0.0, 150.0][:b]), 3.0, 40.0, size, size
-    )
+    cams = orbit_cameras(torch.tensor([15.0, 40.0][:b]), torch.tensor([0.0, 150.0][:b]), 3.0, 40.0, size, size)
     return images, cams.to(dtype=dtype)
 
 
@@ -82,9 +80,7 @@ def test_missing_models_name_the_three_ways_out(tmp_path, monkeypatch):
 
 def test_view_dependent_prompts(tiny_priors):
     cfg = PromptConfig("a corgi")
-    names = view_names(
-        torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0]), torch.tensor([10.0, -100.0, 175.0, 330.0, 0.0]), cfg
-    )
+    names = view_names(torch.tensor([0.0, 0.0, 0.0, 0.0, 70.0]), torch.tensor([10.0, -100.0, 175.0, 330.0, 0.0]), cfg)
     assert names == ["front", "side", "back", "front", "overhead"]
     prior = load_prior(tiny_priors[("pixel", "epsilon")])
     pp = PromptProcessor(prior, cfg)
@@ -110,9 +106,7 @@ def test_every_method_steps_safely(tiny_priors, method, kind):
     probe_t = torch.tensor([500])
     text = prior.encode_text(["a red cube"])
     before = pretrained_eps(prior, probe_x, probe_t, text, text, 7.5)
-    lora_before = {
-        k: v.detach().clone() for k, v in (guidance.score.params.items() if guidance.score else [])
-    }
+    lora_before = {k: v.detach().clone() for k, v in (guidance.score.params.items() if guidance.score else [])}
 
     for step in range(3):
         images.grad = None
@@ -139,9 +133,7 @@ def randomize_lora(guidance, scale=0.05, seed=1):
 
 
 @pytest.mark.parametrize("dtype, tol, h", [(torch.float64, 1e-4, 1e-3), (torch.float32, 1e-2, 1e-2)])
-@pytest.mark.parametrize(
-    "kind", [("pixel", "epsilon"), ("latent", "v_prediction")], ids=lambda k: "-".join(k)
-)
+@pytest.mark.parametrize("kind", [("pixel", "epsilon"), ("latent", "v_prediction")], ids=lambda k: "-".join(k))
 def test_linear_term_matches_central_difference(tiny_priors, dtype, tol, h, kind):
     prior, guidance = setup(tiny_priors[kind], "l2vsd", dtype=dtype)
     score = guidance.score
@@ -153,9 +145,7 @@ def test_linear_term_matches_central_difference(tiny_priors, dtype, tol, h, kind
     camera = inputs.camera.to(dtype)
     g = torch.Generator().manual_seed(3)
     direction = {n: torch.randn(p.shape, generator=g, dtype=dtype) * 0.1 for n, p in score.params.items()}
-    eps, linear = score.eps_and_linear_term(
-        inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, direction
-    )
+    eps, linear = score.eps_and_linear_term(inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, direction)
 
     def shifted(sign):
         params = {n: p.detach() + sign * h * direction[n] for n, p in score.params.items()}
@@ -255,9 +245,7 @@ def test_state_round_trip_is_bit_identical(tiny_priors, tmp_path, method):
         x = images.detach().clone().requires_grad_(True)
         out = guidance(x, cams, 2)
         out.loss.backward()
-        outputs.append(
-            (out.loss.detach(), x.grad, {k: v.detach().clone() for k, v in guidance.score.params.items()})
-        )
+        outputs.append((out.loss.detach(), x.grad, {k: v.detach().clone() for k, v in guidance.score.params.items()}))
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
     assert all(torch.equal(outputs[0][2][k], outputs[1][2][k]) for k in outputs[0][2])
 

@@ -34,10 +34,7 @@ def test_layout_is_inria(tmp_path):
     expected += [f"f_rest_{i}" for i in range(9)]
     expected += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     assert names == expected
-    assert all(
-        p.val_dtype in ("f4", "float32", "<f4") or p.val_dtype.endswith("f4")
-        for p in ply["vertex"].properties
-    )
+    assert all(p.val_dtype in ("f4", "float32", "<f4") or p.val_dtype.endswith("f4") for p in ply["vertex"].properties)
     # channel-major f_rest: the 3 red coefficients come first
     v = ply["vertex"].data[1]
     shN = scene.params["shN"][1].detach().numpy()  # [3 coeffs, 3 channels]

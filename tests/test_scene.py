@@ -7,9 +7,7 @@ from splat3d.scene import GaussianScene, rgb_to_sh0, sh0_to_rgb
 
 def test_random_ball_initialisation():
     g = torch.Generator().manual_seed(0)
-    scene = GaussianScene.random_ball(
-        2000, radius=0.8, opacity=0.2, color=(1.0, 0.5, 0.0), sh_degree=2, generator=g
-    )
+    scene = GaussianScene.random_ball(2000, radius=0.8, opacity=0.2, color=(1.0, 0.5, 0.0), sh_degree=2, generator=g)
     assert len(scene) == 2000 and scene.sh_degree == 2
     assert scene.means.norm(dim=-1).max() <= 0.8 + 1e-6
     # uniform in volume: about half the points lie beyond radius / 2**(1/3)

@@ -71,9 +71,7 @@ def timestep_bounds(config: GuidanceConfig, step: int, num_train_timesteps: int)
     if config.anneal_start_step is not None and step >= config.anneal_start_step:
         end = config.anneal_end_step or config.anneal_start_step + 1
         frac = min(1.0, (step - config.anneal_start_step) / max(1, end - config.anneal_start_step))
-        hi_frac = config.max_step_percent + frac * (
-            config.max_step_percent_annealed - config.max_step_percent
-        )
+        hi_frac = config.max_step_percent + frac * (config.max_step_percent_annealed - config.max_step_percent)
     lo = int(num_train_timesteps * config.min_step_percent)
     hi = max(lo, int(num_train_timesteps * hi_frac))
     return lo, min(hi, num_train_timesteps - 1)
@@ -179,21 +177,15 @@ class LoRAScoreModel:
         from peft import LoraConfig
 
         unet = prior.unet
-        assert getattr(unet, "class_embedding", None) is None, (
-            "the prior's UNet already has a class embedding"
-        )
-        assert not getattr(unet, "_hf_peft_config_loaded", False), (
-            "the prior's UNet already carries an adapter"
-        )
+        assert getattr(unet, "class_embedding", None) is None, "the prior's UNet already has a class embedding"
+        assert not getattr(unet, "_hf_peft_config_loaded", False), "the prior's UNet already carries an adapter"
         self.prior = prior
         # Trainable parameters never in half precision (peft casts activations to them).
         self.param_dtype = torch.promote_types(prior.dtype, torch.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet.add_adapter(
-                LoraConfig(
-                    r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
-                ),
+                LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS),
                 adapter_name=LORA_ADAPTER,
             )
             time_dim = unet.time_embedding.linear_2.out_features
@@ -236,9 +228,7 @@ class LoRAScoreModel:
         return [n for n in lora if n.startswith(last_attention + ".")]
 
     # ------------------------------------------------------------ forward
-    def _call(
-        self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None = None
-    ) -> Tensor:
+    def _call(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None = None) -> Tensor:
         prior = self.prior
         args = (x_t.to(prior.dtype), t)
         kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=camera.to(self.param_dtype))
@@ -387,9 +377,7 @@ class Guidance:
 
     def prepare(self, images: Tensor, cameras: Cameras, step: int) -> StepInputs:
         prior, cfg = self.prior, self.config
-        assert images.ndim == 4 and images.shape[1] == 3, (
-            f"images must be [B, 3, H, W], got {tuple(images.shape)}"
-        )
+        assert images.ndim == 4 and images.shape[1] == 3, f"images must be [B, 3, H, W], got {tuple(images.shape)}"
         assert len(cameras) == images.shape[0], "one camera per image"
         z = prior.encode_images(images)
         bounds = timestep_bounds(cfg, step, prior.num_train_timesteps)

@@ -31,6 +31,4 @@ class L2VSD(Guidance):
             variant=cfg.linear_term, fd_step=cfg.finite_difference_step,
         )  # fmt: skip
         score.apply_gradient()
-        return self.output(
-            inputs, eps_phi + linear, lora_loss=lora_loss, linear_term_norm=linear.norm().item()
-        )
+        return self.output(inputs, eps_phi + linear, lora_loss=lora_loss, linear_term_norm=linear.norm().item())

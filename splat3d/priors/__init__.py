@@ -208,15 +208,9 @@ def load_prior(
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", torch_dtype=dtype, **kw
-        )
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw)
         has_vae = (Path(source) / "vae").is_dir() if local else _hub_has_vae(source)
-        vae = (
-            AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw)
-            if has_vae
-            else None
-        )
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw) if has_vae else None
     except Splat3dError:
         raise
     except Exception as e:  # noqa: BLE001 - hub and file errors come in many types

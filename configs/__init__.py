@@ -1,0 +1,1 @@
+"""YAML presets, installed as the ``splat3d_configs`` package so they ship with splat3d."""

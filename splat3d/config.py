@@ -1,0 +1,303 @@
+"""Typed run configuration (OmegaConf structured configs), presets and overrides.
+
+A run's configuration is the dataclass ``RunConfig`` below, merged in this
+order: the defaults, a preset or YAML file (``--config``), dotted overrides
+(``--set guidance.lookahead_scale=0.1``), then the command-line options.
+Unknown keys are errors that name the closest known keys. The fully resolved
+config is written to every run folder as config.yaml, and
+``splat3d generate --config RUN/config.yaml`` repeats the run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from splat3d.errors import Splat3dError
+from splat3d.guidance.common import GuidanceConfig
+from splat3d.prompts import PromptConfig
+
+BACKGROUNDS = ("white", "black", "random", "learned")
+
+
+@dataclass
+class CameraConfig:
+    """Random cameras for each step: ranges are [low, high] and drawn uniformly."""
+
+    batch_size: int = 1
+    """Views rendered per step; their azimuths are stratified over the range."""
+    elevation_range: List[float] = field(default_factory=lambda: [-10.0, 45.0])
+    azimuth_range: List[float] = field(default_factory=lambda: [-180.0, 180.0])
+    radius_range: List[float] = field(default_factory=lambda: [2.6, 3.2])
+    fovy_range: List[float] = field(default_factory=lambda: [38.0, 45.0])
+    render_size: int = 64
+    """Render size in pixels (square) at step 0."""
+    render_size_schedule: List[List[int]] = field(default_factory=list)
+    """[[step, size], ...]: the render size from each step on (progressive resolution)."""
+
+
+@dataclass
+class InitConfig:
+    """Where the Gaussians start."""
+
+    kind: str = "ball"
+    """ball (random points in a ball) or ply (the file in path)."""
+    path: Optional[str] = None
+    count: int = 2000
+    radius: float = 0.6
+    opacity: float = 0.1
+    color: Optional[List[float]] = None
+    """One RGB for all Gaussians; null draws random colours."""
+    sh_degree: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Adam learning rates per parameter group (as in 3DGS) and regularisers."""
+
+    means_lr: float = 1e-3
+    """Scaled by the scene extent (the init radius), decayed exponentially to means_lr_final."""
+    means_lr_final: float = 1e-5
+    scales_lr: float = 5e-3
+    quats_lr: float = 1e-3
+    opacities_lr: float = 5e-2
+    sh0_lr: float = 1e-2
+    shN_lr: float = 5e-4
+    background_lr: float = 1e-2
+    opacity_reg: float = 0.0
+    """Weight of mean opacity (pushes unused Gaussians towards transparency)."""
+    scale_reg: float = 0.0
+    """Weight of the mean largest scale (discourages huge Gaussians)."""
+
+
+@dataclass
+class StrategyConfig:
+    """Densify/prune through gsplat.strategy."""
+
+    kind: str = "default"
+    """default (gsplat DefaultStrategy) or mcmc (MCMCStrategy)."""
+    refine_start: int = 100
+    refine_stop: int = 1500
+    refine_every: int = 100
+    reset_every: int = 1000
+    """Opacity reset interval (default strategy)."""
+    prune_opa: float = 0.01
+    grow_grad2d: float = 0.0002
+    grow_scale3d: float = 0.01
+    prune_scale3d: float = 0.1
+    cap_max: int = 20000
+    """Most Gaussians the MCMC strategy grows to."""
+
+
+@dataclass
+class OutputConfig:
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    preview_every: int = 50
+    preview_views: int = 4
+    preview_size: int = 128
+    final_views: int = 8
+    video_frames: int = 48
+    video_size: int = 256
+    metrics_every: int = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything a `splat3d generate` run needs."""
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    method: str = "l2vsd"
+    """sds, vsd, lvsd or l2vsd."""
+    model: str = "shapes"
+    """Built-in prior name, local diffusers folder, or Hugging Face id."""
+    steps: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"
+    """Rasterizer: auto (gsplat on CUDA, torch on CPU), gsplat or torch."""
+    background: str = "random"
+    """white, black, random (a colour per view) or learned."""
+    max_nonfinite_steps: int = 20
+    """Stop (with a checkpoint) after this many non-finite steps in a row."""
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ------------------------------------------------------------------ presets
+def preset_dir() -> Path:
+    return Path(str(resources.files("splat3d_configs")))
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        keys.append(name)
+        if isinstance(v, DictConfig):
+            keys += _all_keys(v, name + ".")
+    return keys
+
+
+def _unknown_key(key: str, where: str) -> Splat3dError:
+    known = _all_keys(OmegaConf.structured(RunConfig))
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [k for k in known if k.endswith("." + leaf) and k not in close][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `splat3d config show` to list the keys."
+    return Splat3dError(f"Unknown config key {key!r} in {where}{hint}")
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise _unknown_key(str(key), where) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise Splat3dError(f"Bad value in {where}: {msg}; check the type of that setting.") from None
+
+
+def load_yaml(path: Union[str, Path]) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        hint = f" Presets: {', '.join(presets())}." if presets() else ""
+        raise Splat3dError(f"Config {path} does not exist; pass a YAML file or a preset name.{hint}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - YAML errors come in many types
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Splat3dError(f"Cannot read config {path} ({msg}); fix the YAML.") from None
+    if not isinstance(loaded, DictConfig):
+        raise Splat3dError(f"Config {path} is not a mapping of settings; fix the YAML.")
+    return loaded
+
+
+def resolve_config_source(name_or_path: str) -> Path:
+    """A preset name (configs/NAME.yaml) or a path to a YAML file."""
+    candidate = preset_dir() / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")):
+        if candidate.is_file():
+            return candidate
+        raise Splat3dError(f"Unknown preset {name_or_path!r}; choose one of {', '.join(presets())}, or a YAML path.")
+    return Path(name_or_path)
+
+
+def build_config(
+    config_file: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    **options: Any,
+) -> RunConfig:
+    """Defaults <- preset/file <- --set overrides <- explicit options (None skipped).
+
+    ``options`` use dotted keys with "__" for ".", e.g. prompt__prompt="a cube".
+    """
+    layers: list[tuple[Any, str]] = []
+    if config_file:
+        source = resolve_config_source(config_file)
+        layers.append((load_yaml(source), str(source)))
+    for item in overrides or []:
+        if "=" not in item:
+            raise Splat3dError(f"--set {item!r} is not KEY=VALUE; write e.g. --set guidance.lookahead_scale=0.1.")
+        key, value = item.split("=", 1)
+        try:
+            layers.append((OmegaConf.from_dotlist([f"{key.strip()}={value}"]), f"--set {item}"))
+        except OmegaConfBaseException as e:
+            raise Splat3dError(f"--set {item!r} cannot be parsed ({str(e).splitlines()[0]}).") from None
+    explicit = {k.replace("__", "."): v for k, v in options.items() if v is not None}
+    if explicit:
+        dotlist = [f"{k}={_yaml_value(v)}" for k, v in explicit.items()]
+        layers.append((OmegaConf.from_dotlist(dotlist), "the command-line options"))
+
+    def merged(first_layers):
+        cfg = OmegaConf.structured(RunConfig)
+        for layer, where in [*first_layers, *layers]:
+            cfg = _merge(cfg, layer, where)
+        return cfg
+
+    # The method's preset (configs/METHOD.yaml) sits right above the defaults,
+    # so files, --set and options all override it.
+    method = merged([]).method
+    method_preset = preset_dir() / f"{method}.yaml"
+    cfg = merged([(load_yaml(method_preset), str(method_preset))] if method_preset.is_file() else [])
+    run: RunConfig = OmegaConf.to_object(cfg)
+    validate(run)
+    return run
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml_text(text: str) -> RunConfig:
+    cfg = _merge(OmegaConf.structured(RunConfig), OmegaConf.create(text), "the checkpoint's config")
+    return OmegaConf.to_object(cfg)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject settings a run cannot use, with one sentence each."""
+    from splat3d.guidance import REGISTRY
+
+    def bad(msg: str):
+        raise Splat3dError(msg)
+
+    if not cfg.prompt.prompt or not cfg.prompt.prompt.strip():
+        bad('The prompt is empty; describe what to generate, e.g. splat3d generate "a red cube".')
+    if cfg.method not in REGISTRY:
+        bad(f"Unknown method {cfg.method!r}; choose one of {', '.join(sorted(REGISTRY))}.")
+    if cfg.steps <= 0:
+        bad(f"steps must be positive, got {cfg.steps}; pass e.g. --steps 500.")
+    if cfg.background not in BACKGROUNDS:
+        bad(f"Unknown background {cfg.background!r}; choose one of {', '.join(BACKGROUNDS)}.")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        bad(f"Unknown device {cfg.device!r}; choose auto, cpu or cuda.")
+    if cfg.backend not in ("auto", "gsplat", "torch"):
+        bad(f"Unknown backend {cfg.backend!r}; choose auto, gsplat or torch.")
+    if cfg.guidance.linear_term not in ("exact", "last_layer", "finite_difference"):
+        bad(f"Unknown linear term {cfg.guidance.linear_term!r}; choose exact, last_layer or finite_difference.")
+    sizes = [cfg.camera.render_size] + [s for _, s in (tuple(x) for x in cfg.camera.render_size_schedule)]
+    if any(not 8 <= s <= 2048 for s in sizes):
+        bad(f"Render sizes {sizes} must lie in 8..2048; fix camera.render_size(_schedule).")
+    if any(len(x) != 2 for x in cfg.camera.render_size_schedule):
+        bad("camera.render_size_schedule must be a list of [step, size] pairs.")
+    for name in ("elevation_range", "azimuth_range", "radius_range", "fovy_range"):
+        r = getattr(cfg.camera, name)
+        if len(r) != 2 or r[0] > r[1]:
+            bad(f"camera.{name} must be [low, high] with low <= high, got {list(r)}.")
+    if cfg.camera.radius_range[0] <= 0 or not 0 < cfg.camera.fovy_range[0] <= cfg.camera.fovy_range[1] < 180:
+        bad("camera radius must be positive and fovy within (0, 180) degrees.")
+    if cfg.camera.batch_size < 1:
+        bad(f"camera.batch_size must be at least 1, got {cfg.camera.batch_size}.")
+    if cfg.init.kind not in ("ball", "ply"):
+        bad(f"Unknown init {cfg.init.kind!r}; choose ball or ply.")
+    if cfg.init.kind == "ply" and not cfg.init.path:
+        bad("init.kind is ply but init.path is empty; pass --init SCENE.ply.")
+    if cfg.init.kind == "ball" and (cfg.init.count < 1 or not 0 < cfg.init.opacity < 1 or cfg.init.radius <= 0):
+        bad("init needs count >= 1, 0 < opacity < 1 and a positive radius.")
+    if not 0 <= cfg.init.sh_degree <= 3:
+        bad(f"init.sh_degree must be 0..3, got {cfg.init.sh_degree}.")
+    if cfg.strategy.kind not in ("default", "mcmc"):
+        bad(f"Unknown strategy {cfg.strategy.kind!r}; choose default or mcmc.")
+    if cfg.output.checkpoint_every < 1 or cfg.output.keep_checkpoints < 1:
+        bad("output.checkpoint_every and output.keep_checkpoints must be at least 1.")

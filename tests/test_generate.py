@@ -1,0 +1,276 @@
+"""`splat3d generate` end to end on CPU with a tiny random prior."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from splat3d_cli.main import main as cli_main
+
+from splat3d.checkpoint import list_checkpoints, load_checkpoint
+from splat3d.config import build_config
+from splat3d.ply import read_ply
+from splat3d.train import RunInterrupted, Trainer
+
+# Small and quick: 32 px renders of a 16 px prior, densification every 4 steps.
+FAST = [
+    "init.count=200",
+    "camera.render_size=32",
+    "strategy.refine_start=4",
+    "strategy.refine_every=4",
+    "strategy.grow_grad2d=1e-7",
+    "guidance.anneal_start_step=6",
+    "output.checkpoint_every=4",
+    "output.keep_checkpoints=2",
+    "output.preview_every=5",
+    "output.preview_views=2",
+    "output.preview_size=32",
+    "output.final_views=4",
+    "output.video_frames=6",
+    "output.video_size=32",
+]
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["splat3d", *map(str, args)]
+    try:
+        cli_main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def sets(*extra):
+    return [x for item in (*FAST, *extra) for x in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tiny_priors):
+    return tiny_priors[("pixel", "epsilon")]
+
+
+def test_generate_writes_every_output(prior_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(
+        capsys,
+        "generate",
+        "a red cube",
+        "--model",
+        prior_dir,
+        "--steps",
+        20,
+        "--seed",
+        3,
+        "--out",
+        out,
+        *sets(),
+    )
+    assert code == 0, stderr
+    assert "wrote" in stdout
+    for name in ("scene.ply", "config.yaml", "metrics.jsonl", "preview.png", "views.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert list(out.glob("turntable.*"))
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_000016.pt", "step_000020.pt"]  # keep 2, and the last step
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 21))
+    assert all({"loss", "n_gaussians", "seconds", "peak_memory_mb"} <= set(r) for r in lines)
+    counts = {r["n_gaussians"] for r in lines}
+    assert len(counts) > 1, "densification must change the Gaussian count"
+    scene = read_ply(out / "scene.ply")
+    assert len(scene) == lines[-1]["n_gaussians"] and torch.isfinite(scene.means).all()
+    state = load_checkpoint(ckpts[-1])
+    for name, params in state["params"].items():
+        moments = state["optimizers"][name]["state"][0]
+        assert moments["exp_avg"].shape == params.shape == moments["exp_avg_sq"].shape, name
+    # config.yaml repeats the run
+    again = build_config(str(out / "config.yaml"))
+    assert again.prompt.prompt == "a red cube" and again.steps == 20 and again.seed == 3
+
+
+def make_trainer(prior_dir, out, steps=8, extra=()):
+    cfg = build_config(None, [*FAST, *extra], prompt__prompt="a blue sphere", model=str(prior_dir), steps=steps)
+    return Trainer(cfg, out)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mcmc"])
+def test_resume_is_bit_identical(prior_dir, tmp_path, strategy):
+    extra = [
+        f"strategy.kind={strategy}",
+        "strategy.cap_max=400",
+        "strategy.refine_start=2",
+        "background=random",
+    ]
+    straight = make_trainer(prior_dir, tmp_path / "a", extra=extra)
+    straight.out.mkdir()
+    straight.run()
+
+    first = make_trainer(prior_dir, tmp_path / "b", extra=extra)
+    first.out.mkdir()
+
+    def stop_halfway(step, logs):
+        if step == 4:
+            first.stop_requested = True
+
+    with pytest.raises(RunInterrupted, match="Resume with"):
+        first.run(on_step=stop_halfway)
+    resumed = Trainer.resume(tmp_path / "b")
+    assert resumed.step == 4
+    resumed.run()
+    a, b = (tmp_path / "a" / "scene.ply").read_bytes(), (tmp_path / "b" / "scene.ply").read_bytes()
+    assert len(read_ply(tmp_path / "a" / "scene.ply")) != 200, "the run must have densified"
+    assert a == b
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_nonfinite_steps_are_skipped_and_stop_the_run(prior_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(prior_dir, tmp_path / "nan", steps=10, extra=["max_nonfinite_steps=3"])
+    trainer.out.mkdir()
+    method = type(trainer.guidance)
+    original = method.__call__
+
+    def poisoned(self, images, cams, step):  # a diverging guidance: NaN loss and gradients
+        out = original(self, images, cams, step)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(method, "__call__", poisoned)
+    before = {k: v.detach().clone() for k, v in trainer.scene.params.items()}
+    from splat3d.train import NonFiniteRun
+
+    with pytest.raises(NonFiniteRun, match="3 non-finite steps"):
+        trainer.run()
+    assert trainer.step == 3 and trainer.nonfinite_total == 3
+    assert all(torch.equal(before[k], v) for k, v in trainer.scene.params.items()), "no update from NaN"
+    assert list_checkpoints(tmp_path / "nan" / "checkpoints")
+
+
+def _spawn(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "splat3d_cli", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
+def _wait_for_checkpoint(folder, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list_checkpoints(folder / "checkpoints"):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_killed_run_resumes_to_completion(prior_dir, tmp_path, sig):
+    out = tmp_path / "run"
+    args = ["generate", "a red cube", "--model", prior_dir, "--steps", 200, "--out", out, "--quiet"]
+    proc = _spawn([*args, *sets("output.checkpoint_every=2")], tmp_path)
+    _wait_for_checkpoint(out, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "Resume with: splat3d generate --resume" in stderr and "Traceback" not in stderr
+        interrupted_at = int(stderr.split("Interrupted at step ")[1].split(";")[0])
+        assert list_checkpoints(out / "checkpoints")[-1].name == f"step_{interrupted_at:06d}.pt"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    last = list_checkpoints(out / "checkpoints")[-1]
+    load_checkpoint(last)  # complete, loadable
+    resumed = subprocess.run(
+        [sys.executable, "-m", "splat3d_cli", "generate", "--resume", str(out), "--steps", "12", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "scene.ply").exists()
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)), "metrics must have no gaps or duplicates after a resume"
+
+
+def assert_clean(code, stderr, *fragments):
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    text = " ".join(stderr.split())
+    for f in fragments:
+        assert f in text, text
+
+
+def test_bad_inputs(prior_dir, tmp_path, capsys):
+    gen = ["generate", "--model", prior_dir]
+    out = tmp_path / "out"
+    assert_clean(*run_cli(capsys, *gen, "", "--out", out)[::2], "prompt is empty")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--steps", 0, "--out", out)[::2], "steps must be positive")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--steps", -4, "--out", out)[::2], "steps must be positive")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--set", "camera.render_size=3", "--out", out)[::2], "Render sizes")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--method", "dreamfusion", "--out", out)[::2], "Unknown method")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--config", "turbo", "--out", out)[::2], "Unknown preset")
+    code, _, err = run_cli(capsys, *gen, "a cube", "--set", "guidance.lookahed_scale=1", "--out", out)
+    assert_clean(code, err, "Unknown config key", "guidance.lookahead_scale")
+    (tmp_path / "bad.yaml").write_text("steps: [unclosed\n")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--config", tmp_path / "bad.yaml", "--out", out)[::2], "bad.yaml")
+    assert_clean(*run_cli(capsys, "generate", "a cube", "--model", tmp_path / "nope", "--out", out)[::2], "nope")
+    assert not out.exists(), "no bad input may create the run folder"
+    (tmp_path / "file").write_text("x")
+    assert_clean(*run_cli(capsys, *gen, "a cube", "--out", tmp_path / "file" / "run")[::2], "Cannot write")
+
+
+def test_existing_runs_are_never_damaged(prior_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scene.ply").write_bytes(b"precious")
+    code, _, err = run_cli(capsys, "generate", "a cube", "--model", prior_dir, "--out", out)
+    assert_clean(code, err, "not empty", "--overwrite")
+    assert (out / "scene.ply").read_bytes() == b"precious"
+    # corrupt and incompatible checkpoints
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "step_000004.pt").write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "generate", "--resume", out)
+    assert_clean(code, err, "corrupt")
+    torch.save({"format": 99, "step": 4}, out / "checkpoints" / "step_000004.pt")
+    code, _, err = run_cli(capsys, "generate", "--resume", out)
+    assert_clean(code, err, "incompatible")
+    assert (out / "scene.ply").read_bytes() == b"precious"
+    code, _, err = run_cli(capsys, "generate", "--resume", tmp_path / "empty-run")
+    assert_clean(code, err, "no checkpoints")
+
+
+def test_config_show_and_export(prior_dir, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "config", "show", "cpu")
+    assert code == 0 and "steps: 300" in out and "lookahead_scale" in out
+    code, out, _ = run_cli(capsys, "config", "show", "sds")
+    assert "method: sds" in out and "guidance_scale: 100.0" in out
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "generate", "a red cube", "--model", prior_dir, "--steps", 4, "--out", run, "--quiet", *sets()
+    )
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "export", run, "--format", "ply", "--sh-degree", 3, "--out", tmp_path / "e.ply")
+    assert code == 0, err
+    assert read_ply(tmp_path / "e.ply").sh_degree == 3
+    ckpt = list_checkpoints(run / "checkpoints")[-1]
+    code, _, err = run_cli(capsys, "export", ckpt, "--out", tmp_path / "c.ply")
+    assert code == 0 and len(read_ply(tmp_path / "c.ply")) == len(read_ply(run / "scene.ply"))
+    assert_clean(*run_cli(capsys, "export", run, "--format", "obj", "--out", tmp_path / "x")[::2], "Unknown format")
+
+
+@pytest.mark.gpu
+def test_gsplat_generate_smoke(prior_dir, tmp_path):
+    cfg = build_config(None, FAST, prompt__prompt="a red cube", model=str(prior_dir), steps=50, device="cuda")
+    trainer = Trainer(cfg, tmp_path / "gpu")
+    trainer.out.mkdir()
+    trainer.run()
+    assert (tmp_path / "gpu" / "scene.ply").exists()
