@@ -14,6 +14,7 @@ from rich.table import Table
 
 from splat3d import __version__
 from splat3d.errors import Splat3dError
+from splat3d.fileio import ensure_writable_dir
 
 app = typer.Typer(
     name="splat3d",
@@ -54,31 +55,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-
-
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".splat3d-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise Splat3dError(
-            f"Cannot write to {path} ({e.strerror or e}); choose a writable folder with --out."
-        ) from None
-    return path
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise Splat3dError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    if name not in ("cpu", "cuda"):
-        raise Splat3dError(f"Unknown device {name!r}; use auto, cpu or cuda.")
-    return torch.device(name)
 
 
 @app.command()
@@ -132,6 +108,7 @@ def render(
     from splat3d.media import save_png, save_video, to_uint8
     from splat3d.ply import read_ply
     from splat3d.render import render as render_scene
+    from splat3d.render import resolve_device
 
     if (cameras is None) == (orbit is None):
         raise Splat3dError("Give exactly one of --cameras FILE or --orbit N to say where to render from.")
@@ -142,7 +119,7 @@ def render(
     if radius is not None and radius <= 0:
         raise Splat3dError(f"--radius {radius} must be positive.")
     bg = _parse_background(background)
-    dev = _device(device)
+    dev = resolve_device(device)
     wh = parse_size(size) if size else None
     s = read_ply(scene)
     if sh_degree is not None and not 0 <= sh_degree <= s.sh_degree:
@@ -154,7 +131,7 @@ def render(
     else:
         w, h = wh or (256, 256)
         cams = turntable(orbit, elevation, radius or _fit_radius(s, fovy), fovy, w, h)
-    _writable_dir(out)
+    ensure_writable_dir(out)
 
     s = s.to(dev)
     frames = []
@@ -209,7 +186,7 @@ def demo(
     from splat3d.demo import demo_scene
 
     parse_size(size)
-    _writable_dir(out)
+    ensure_writable_dir(out)
     scene = demo_scene()
     scene.save_ply(out / "scene.ply")
     console.print(f"wrote {out / 'scene.ply'} ({len(scene):,} Gaussians)")
@@ -344,7 +321,7 @@ def export(
     else:
         scene = read_ply(source)
     if out.parent and not out.parent.exists():
-        _writable_dir(out.parent)
+        ensure_writable_dir(out.parent)
     try:
         n = scene.save_ply(out, sh_degree=sh_degree)
     except OSError as e:

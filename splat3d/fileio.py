@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
+from splat3d.errors import Splat3dError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -31,4 +33,18 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def ensure_writable_dir(path: Union[str, Path]) -> Path:
+    """Create ``path`` if needed and prove it writable, or raise one clear sentence."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".splat3d-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = e.strerror or e
+        raise Splat3dError(f"Cannot write to {path} ({reason}); choose a writable folder with --out.") from None
     return path

@@ -29,6 +29,19 @@ class RenderOutput:
     info: dict  # gsplat's info (packed): means2d, radii, gaussian_ids, ...
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    from splat3d.errors import Splat3dError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Splat3dError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    if name not in ("cpu", "cuda"):
+        raise Splat3dError(f"Unknown device {name!r}; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
 def resolve_backend(backend: Backend, device: torch.device) -> str:
     assert backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}"
     if backend == "auto":

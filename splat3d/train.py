@@ -30,12 +30,12 @@ from splat3d.cameras import CameraSampler, turntable
 from splat3d.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from splat3d.config import RunConfig, from_yaml_text, to_yaml
 from splat3d.errors import Splat3dError
-from splat3d.fileio import atomic_write
+from splat3d.fileio import atomic_write, ensure_writable_dir
 from splat3d.guidance import make_guidance
 from splat3d.media import grid, save_png, save_video, to_uint8
 from splat3d.priors import load_prior
 from splat3d.prompts import PromptProcessor
-from splat3d.render import render
+from splat3d.render import render, resolve_device
 from splat3d.scene import PARAM_NAMES, GaussianScene
 from splat3d.strategy import initialize_state, make_strategy, step_post_backward
 
@@ -49,14 +49,6 @@ class RunInterrupted(Exception):
 
 class NonFiniteRun(Splat3dError):
     """Too many non-finite steps in a row; a checkpoint was written."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise Splat3dError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    return torch.device(name)
 
 
 def prepare_run_folder(out: Path, overwrite: bool) -> None:
@@ -75,13 +67,7 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".splat3d-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise Splat3dError(f"Cannot write to {out} ({e.strerror or e}); choose a writable folder with --out.") from None
+    ensure_writable_dir(out)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
