@@ -222,14 +222,16 @@ def generate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from splat3d.config import build_config
-    from splat3d.train import NonFiniteRun, RunInterrupted, Trainer, prepare_run_folder
+    from splat3d.train import NonFiniteRun, RunInterrupted, Trainer, check_run_folder, prepare_run_folder
 
     if resume is not None:
-        if prompt or config or set_ or method or model or init or overwrite:
-            raise Splat3dError("--resume continues a run as it was configured; pass only --resume DIR (and --steps).")
+        if prompt or config or set_ or method or model or init or overwrite or seed is not None or out:
+            raise Splat3dError(
+                "--resume continues a run as it was configured; pass only --resume DIR (and --steps, --device)."
+            )
         if steps is not None and steps <= 0:
             raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
-        trainer = Trainer.resume(resume, steps=steps)
+        trainer = Trainer.resume(resume, steps=steps, device=device)
         run_dir = resume
     else:
         if prompt is None and config is None:
@@ -241,8 +243,7 @@ def generate(
         if init is not None and not init.is_file():
             raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
         run_dir = out or Path("runs") / _slug(cfg.prompt.prompt)
-        if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-            prepare_run_folder(run_dir, overwrite=False)  # raises the clear error
+        check_run_folder(run_dir, overwrite)
         trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
         prepare_run_folder(run_dir, overwrite)
 

@@ -51,16 +51,21 @@ class NonFiniteRun(Splat3dError):
     """Too many non-finite steps in a row; a checkpoint was written."""
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to touch a non-empty folder unless asked; then clear only our outputs."""
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder without --overwrite. Writes nothing."""
     if out.exists() and not out.is_dir():
         raise Splat3dError(f"Output path {out} is a file; choose a folder with --out.")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise Splat3dError(
-                f"Run folder {out} is not empty; pass --overwrite to replace it, --resume {out} to continue it, "
-                "or choose another --out."
-            )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise Splat3dError(
+            f"Run folder {out} is not empty; pass --overwrite to replace it, --resume {out} to continue it, "
+            "or choose another --out."
+        )
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Check the folder, clear only our own outputs from it, and prove it writable."""
+    check_run_folder(out, overwrite)
+    if out.is_dir():
         for name in RUN_OUTPUTS:
             target = out / name
             if target.is_dir():
@@ -228,7 +233,7 @@ class Trainer:
         return save_checkpoint(self.state_dict(), self.out / "checkpoints", self.config.output.keep_checkpoints)
 
     @classmethod
-    def resume(cls, out: Path, steps: Optional[int] = None, prior=None) -> Trainer:
+    def resume(cls, out: Path, steps: Optional[int] = None, device: Optional[str] = None, prior=None) -> Trainer:
         """Continue the run in ``out`` from its last complete checkpoint."""
         out = Path(out)
         checkpoints = list_checkpoints(out / "checkpoints")
@@ -241,6 +246,8 @@ class Trainer:
             raise Splat3dError(f"Checkpoint {checkpoints[-1]} holds an incompatible config ({e})") from None
         if steps is not None:
             config.steps = steps
+        if device is not None:
+            config.device = device
         trainer = cls(config, out, prior=prior)
         trainer.load_state_dict(state)
         trainer._truncate_metrics()
@@ -334,6 +341,8 @@ def _sigint_sets(trainer: Trainer):
     """Ctrl-C asks the loop to stop after the current step (and checkpoint)."""
 
     def handler(signum, frame):
+        if trainer.stop_requested:  # a second Ctrl-C stops at once; the last checkpoint stays
+            raise KeyboardInterrupt
         trainer.stop_requested = True
 
     try:

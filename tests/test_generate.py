@@ -274,3 +274,29 @@ def test_gsplat_generate_smoke(prior_dir, tmp_path):
     trainer.out.mkdir()
     trainer.run()
     assert (tmp_path / "gpu" / "scene.ply").exists()
+
+
+def test_render_size_schedule_and_mcmc_relocation():
+    from splat3d.cameras import CameraSampler
+    from splat3d.config import CameraConfig
+    from splat3d.strategy import compute_relocation_torch
+
+    sampler = CameraSampler(CameraConfig(render_size=32, render_size_schedule=[[10, 48], [20, 64]], batch_size=4),
+                            torch.Generator().manual_seed(0))  # fmt: skip
+    assert [sampler.render_size(s) for s in (0, 9, 10, 19, 20, 99)] == [32, 32, 48, 48, 64, 64]
+    cams = sampler.sample(12)
+    assert len(cams) == 4 and cams.width == 48
+    azimuth = torch.sort(cams.azimuth).values
+    assert ((azimuth[1:] - azimuth[:-1]) > 0).all() and (azimuth.diff().max() < 180)  # stratified
+
+    import math
+
+    binoms = torch.tensor([[math.comb(n, k) for k in range(51)] for n in range(51)], dtype=torch.float32)
+    opacities = torch.tensor([0.3, 0.9, 0.6])
+    scales = torch.rand(3, 3)
+    new_o, new_s = compute_relocation_torch(opacities, scales, torch.tensor([1, 2, 5]), binoms)
+    torch.testing.assert_close(new_o[0], opacities[0])  # one copy: unchanged
+    torch.testing.assert_close(new_s[0], scales[0])
+    # n copies composite to the original opacity: 1 - (1 - o')^n = o
+    torch.testing.assert_close(1 - (1 - new_o[1:]) ** torch.tensor([2.0, 5.0]), opacities[1:])
+    assert (new_s[1:] < scales[1:]).all()
