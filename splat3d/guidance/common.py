@@ -236,7 +236,7 @@ class LoRAScoreModel:
             out = prior.unet(*args, **kwargs).sample
         else:
             out = torch.func.functional_call(prior.unet, params, args, kwargs, strict=False).sample
-        return prior.to_epsilon(out.float(), x_t, t)
+        return prior.to_epsilon(out.to(self.param_dtype), x_t, t)
 
     @torch.no_grad()
     def eps(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor) -> Tensor:
@@ -287,7 +287,7 @@ class LoRAScoreModel:
             encoder_hidden_states=text.to(self.prior.dtype),
             class_labels=camera,
         ).sample
-        return torch.nn.functional.mse_loss(out.float(), target)
+        return torch.nn.functional.mse_loss(out.to(self.param_dtype), target)
 
     def compute_gradient(self, z: Tensor, draw: NoiseDraw, text: Tensor, camera: Tensor) -> float:
         """Backpropagate L_lora into the parameters' .grad; returns its value."""
@@ -392,7 +392,7 @@ class Guidance:
             prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
             cfg.guidance_scale,
         )  # fmt: skip
-        camera = cameras.c2w.reshape(b, 16).to(prior.device, torch.float32)
+        camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
         return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera)
 
     def output(self, inputs: StepInputs, eps_target: Tensor, **logs) -> GuidanceOutput:

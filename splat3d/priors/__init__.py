@@ -59,9 +59,14 @@ class DiffusionPrior:
         assert self.prediction_type in ("epsilon", "v_prediction"), (
             f"prediction type {self.prediction_type!r} is not supported; use epsilon or v_prediction"
         )
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device, self.compute_dtype)
 
     # ------------------------------------------------------------ geometry
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of everything we compute around the networks (float32, or float64 for a float64 prior)."""
+        return torch.promote_types(self.dtype, torch.float32)
+
     @property
     def is_latent(self) -> bool:
         return self.vae is not None
@@ -84,7 +89,7 @@ class DiffusionPrior:
     # --------------------------------------------------------------- text
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
-        """Text embeddings [B, L, D] in float32, cached per text."""
+        """Text embeddings [B, L, D] (compute dtype), cached per text."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             tokens = self.tokenizer(
@@ -94,28 +99,28 @@ class DiffusionPrior:
                 truncation=True,
                 return_tensors="pt",
             )
-            hidden = self.text_encoder(tokens.input_ids.to(self.device))[0].float()
+            hidden = self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.compute_dtype)
             self._text_cache.update(zip(missing, hidden))
         return torch.stack([self._text_cache[t] for t in texts])
 
     # ------------------------------------------------------------- images
     def encode_images(self, images: Tensor) -> Tensor:
-        """Renders [B, 3, H, W] in [0, 1] -> the prior's space z (float32), differentiably."""
+        """Renders [B, 3, H, W] in [0, 1] -> the prior's space z (compute dtype), differentiably."""
         size = self.image_size
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
         x = images * 2.0 - 1.0
         if self.vae is None:
-            return x.float()
+            return x.to(self.compute_dtype)
         posterior = self.vae.encode(x.to(self.dtype)).latent_dist
-        return posterior.mean.float() * self.vae.config.scaling_factor
+        return posterior.mean.to(self.compute_dtype) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         """The prior's space -> images [B, 3, H, W] in [0, 1]."""
         if self.vae is not None:
-            z = self.vae.decode((z / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
-        return (z.float() * 0.5 + 0.5).clamp(0, 1)
+            z = self.vae.decode((z / self.vae.config.scaling_factor).to(self.dtype)).sample
+        return (z.to(self.compute_dtype) * 0.5 + 0.5).clamp(0, 1)
 
     # --------------------------------------------------------------- noise
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,8 +147,9 @@ class DiffusionPrior:
         return alpha * noise - sigma * z
 
     def unet_output(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """Raw UNet output in float32 (inputs cast to the prior's dtype)."""
-        return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample.float()
+        """Raw UNet output in the compute dtype (inputs cast to the prior's dtype)."""
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
+        return out.to(self.compute_dtype)
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
