@@ -330,5 +330,72 @@ def export(
     console.print(f"wrote {out} ({n:,} Gaussians, SH degree {sh_degree if sh_degree is not None else scene.sh_degree})")
 
 
+prior_app = typer.Typer(help="Train and sample diffusion priors.", no_args_is_help=True)
+app.add_typer(prior_app, name="prior")
+
+
+@prior_app.command("train")
+def prior_train(
+    world: str = typer.Argument("shapes", help="The world to train on (shapes)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Training folder: dataset cache, checkpoints, prior/."),
+    steps: int = typer.Option(4000, help="Training steps (it resumes from the folder's last checkpoint)."),
+    batch_size: int = typer.Option(64, help="Images per step."),
+    seed: int = typer.Option(0, help="Seed of the dataset, the initial weights and the batches."),
+    checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train the built-in prior of a world from a seed (resumable); writes OUT/prior."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
+
+    if world != "shapes":
+        raise Splat3dError(f"Unknown world {world!r}; the built-in world is shapes.")
+    if steps <= 0 or batch_size <= 0 or checkpoint_every <= 0:
+        raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
+    ensure_writable_dir(out)
+    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every)
+    trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m, highlight=False))
+    columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
+    with Progress(*columns, console=err_console, disable=quiet) as progress:
+        task = progress.add_task("train", total=steps, completed=trainer.step, loss=float("nan"))
+        folder = trainer.run(on_step=lambda step, loss: progress.update(task, completed=step, loss=loss))
+    console.print(f"wrote the prior to {folder} ({trainer.step} steps); use it with --model {folder}")
+
+
+@prior_app.command("sample")
+def prior_sample(
+    prompt: str = typer.Argument(..., help='What to draw, e.g. "a red cube, side view".'),
+    model: str = typer.Option("shapes", help="Built-in prior name, local diffusers folder, or hub id."),
+    n: int = typer.Option(8, "--n", help="Number of samples."),
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="The grid PNG to write."),
+    steps: int = typer.Option(50, help="DDIM steps."),
+    guidance_scale: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+):
+    """Sample a prior in 2D (DDIM with CFG) to check a prompt before distilling it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from splat3d.media import grid, save_png, to_uint8
+    from splat3d.priors import load_prior
+    from splat3d.render import resolve_device
+    from splat3d.sample import sample_images
+
+    if not prompt.strip():
+        raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')
+    if not 1 <= n <= 256 or not 1 <= steps <= 1000:
+        raise Splat3dError("--n must be 1..256 and --steps 1..1000.")
+    ensure_writable_dir(out.parent)
+    prior = load_prior(model, resolve_device(device))
+    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
+        task = progress.add_task("sample", total=steps)
+        images = sample_images(prior, [prompt] * n, steps, guidance_scale, seed,
+                               progress=lambda: progress.advance(task))  # fmt: skip
+    save_png(grid([to_uint8(img) for img in images], columns=min(n, 8)), out)
+    console.print(f"wrote {out} ({n} samples of {prompt!r} from {model})")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,215 @@
+"""Training the built-in shapes prior from a seed (reproducible, resumable).
+
+    splat3d prior train shapes --out DIR [--steps N] [--batch-size B]
+
+1. Render the dataset once (cached): every (colour, kind) of the world from
+   cameras drawn exactly like `generate`'s (the `cpu` preset's ranges), white
+   background, captioned with the same view-dependent phrasing the prompt
+   processor uses ("a red cube, side view"), some captions without a view.
+2. Train a pixel-space UNet2DConditionModel (cross-attention off the highest
+   resolution) jointly with a small CLIP text encoder on a word-level CLIP
+   tokenizer: epsilon prediction, squaredcos_cap_v2 schedule, AdamW, 10%
+   empty captions for classifier-free guidance, EMA weights for sampling.
+3. Checkpoint every K steps (atomic, weights_only-safe) and resume from the
+   last one; export the EMA weights as a diffusers folder (safetensors).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from splat3d.cameras import CameraSampler
+from splat3d.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from splat3d.config import CameraConfig, build_config
+from splat3d.fileio import atomic_write
+from splat3d.prompts import PromptConfig, view_names, view_prompt
+from splat3d.render import render
+from splat3d.shapes.world import COLOURS, KINDS, WORLD_VERSION, make_object, vocabulary
+
+
+@dataclass
+class PriorTrainConfig:
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 3e-4
+    resolution: int = 32
+    views_per_object: int = 160
+    colours: tuple = tuple(COLOURS)
+    kinds: tuple = tuple(KINDS)
+    block_out_channels: tuple = (32, 64, 64)
+    cross_attention_dim: int = 64
+    caption_dropout: float = 0.1
+    plain_caption: float = 0.2
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+def camera_config(resolution: int) -> CameraConfig:
+    """The cameras `generate` samples with the cpu preset, at the prior's resolution."""
+    cam = build_config("cpu").camera
+    cam.render_size, cam.render_size_schedule, cam.batch_size = resolution, [], 16
+    return cam
+
+
+def build_dataset(cfg: PriorTrainConfig, cache_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """Renders (uint8 [M, 3, R, R]), object ids, elevations and azimuths; cached by settings."""
+    fields = ("resolution", "views_per_object", "colours", "kinds", "seed")
+    key = json.dumps({"world": WORLD_VERSION, **{k: asdict(cfg)[k] for k in fields}})
+    path = cache_dir / f"shapes-dataset-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    log(f"rendering the dataset into {path} (once)")
+    objects = [(c, k) for c in cfg.colours for k in cfg.kinds]
+    sampler = CameraSampler(camera_config(cfg.resolution), torch.Generator().manual_seed(cfg.seed))
+    images, ids, elevations, azimuths = [], [], [], []
+    with torch.no_grad():
+        for i, (colour, kind) in enumerate(objects):
+            scene = make_object(colour, kind)
+            for _ in range(0, cfg.views_per_object, 16):
+                cams = sampler.sample(0)
+                out = render(scene, cams, 1.0, backend="torch")
+                images.append((out.images.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
+                ids += [i] * len(cams)
+                elevations.append(cams.elevation)
+                azimuths.append(cams.azimuth)
+    data = {
+        "images": torch.cat(images),
+        "object": torch.tensor(ids),
+        "elevation": torch.cat(elevations),
+        "azimuth": torch.cat(azimuths),
+        "objects": [f"{c} {k}" for c, k in objects],
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    return data
+
+
+def captions(data: dict, index: torch.Tensor, cfg: PriorTrainConfig, g: torch.Generator) -> list[str]:
+    """View-dependent captions, as the prompt processor writes them; some plain, some empty."""
+    names = view_names(data["elevation"][index], data["azimuth"][index], PromptConfig())
+    u = torch.rand(len(index), generator=g).tolist()
+    out = []
+    for i, name, r in zip(index.tolist(), names, u):
+        prompt = f"a {data['objects'][data['object'][i]]}"
+        if r < cfg.caption_dropout:
+            out.append("")
+        elif r < cfg.caption_dropout + cfg.plain_caption:
+            out.append(prompt)
+        else:
+            out.append(view_prompt(prompt, name))
+    return out
+
+
+def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from splat3d.priors.tiny import build_clip_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_clip_tokenizer(tokenizer_dir, vocabulary(), max_length=16)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.cross_attention_dim,
+            intermediate_size=2 * cfg.cross_attention_dim, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+    n = len(cfg.block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.resolution, in_channels=3, out_channels=3, block_out_channels=cfg.block_out_channels,
+        layers_per_block=1, cross_attention_dim=cfg.cross_attention_dim, norm_num_groups=8, attention_head_dim=8,
+        # Attention only below the highest resolution: it dominates CPU cost there.
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+    )  # fmt: skip
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+    return tokenizer, text_encoder, unet, scheduler
+
+
+class PriorTrainer:
+    def __init__(self, cfg: PriorTrainConfig, out: Path, cache_dir: Optional[Path] = None, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = build_dataset(cfg, cache_dir or self.out / "cache", log)
+        self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
+        self.modules = torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
+        self.ema = copy.deepcopy(self.modules).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        checkpoints = list_checkpoints(self.out / "checkpoints")
+        if checkpoints:
+            state = load_checkpoint(checkpoints[-1])
+            self.modules.load_state_dict(state["modules"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step = state["step"]
+            log(f"resuming from {checkpoints[-1]} (step {self.step})")
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        index = torch.randint(0, len(self.data["images"]), (cfg.batch_size,), generator=self.generator)
+        x0 = self.data["images"][index].float() / 127.5 - 1.0
+        texts = captions(self.data, index, cfg, self.generator)
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        noise = torch.randn(x0.shape, generator=self.generator)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=self.generator)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        pred = self.unet(x_t, t, encoder_hidden_states=self.text_encoder(tokens)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.modules.parameters(), 1.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            for e, p in zip(self.ema.parameters(), self.modules.parameters()):
+                e.lerp_(p, 1 - decay)
+        self.step += 1
+        return loss.item()
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step, "config": json.dumps(asdict(self.cfg)), "modules": self.modules.state_dict(),
+            "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        }  # fmt: skip
+        return save_checkpoint(state, self.out / "checkpoints", self.cfg.keep_checkpoints)
+
+    def export(self, folder: Optional[Path] = None) -> Path:
+        """The EMA weights as a diffusers folder (safetensors), loadable by load_prior."""
+        folder = Path(folder or self.out / "prior")
+        self.ema["unet"].save_pretrained(folder / "unet")
+        self.ema["text_encoder"].save_pretrained(folder / "text_encoder")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {"_class_name": "Splat3dPixelPrior", "unet": ["diffusers", "UNet2DConditionModel"],
+                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", "DDPMScheduler"], "vae": [None, None],
+                 "splat3d": {"trained_steps": self.step, "config": asdict(self.cfg)}}  # fmt: skip
+        (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+        return folder
+
+    def run(self, on_step: Optional[Callable[[int, float], None]] = None) -> Path:
+        while self.step < self.cfg.steps:
+            loss = self.train_step()
+            if on_step:
+                on_step(self.step, loss)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save()
+        return self.export()
