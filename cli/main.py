@@ -244,6 +244,17 @@ def generate(
             raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
         run_dir = out or Path("runs") / _slug(cfg.prompt.prompt)
         check_run_folder(run_dir, overwrite)
+        if cfg.model == "auto":
+            from splat3d.priors import default_model
+            from splat3d.render import resolve_device
+
+            cfg.model = default_model(resolve_device(cfg.device))
+            if cfg.model == "shapes":
+                err_console.print(
+                    "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "
+                    "choose another model with --model (a hub id or a local diffusers folder).",
+                    highlight=False,
+                )
         trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
         prepare_run_folder(run_dir, overwrite)
 
@@ -328,6 +339,56 @@ def export(
     except OSError as e:
         raise Splat3dError(f"Cannot write {out} ({e.strerror or e}); choose a writable path with --out.") from None
     console.print(f"wrote {out} ({n:,} Gaussians, SH degree {sh_degree if sh_degree is not None else scene.sh_degree})")
+
+
+@app.command("eval")
+def eval_run(run: Path = typer.Argument(..., help="A run folder made with the shapes prior.")):
+    """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, view consistency."""
+    from splat3d.checkpoint import list_checkpoints, load_checkpoint
+    from splat3d.config import build_config
+    from splat3d.ply import read_ply
+    from splat3d.priors import builtin_priors
+    from splat3d.scene import GaussianScene
+    from splat3d.shapes.evaluate import evaluate_scene, load_classifier, write_evaluation
+    from splat3d.shapes.world import COLOURS, KINDS, parse_prompt
+
+    if not (run / "config.yaml").is_file():
+        raise Splat3dError(f"{run} is not a run folder (no config.yaml); pass the --out folder of a generate run.")
+    cfg = build_config(str(run / "config.yaml"))
+    spec = parse_prompt(cfg.prompt.prompt)
+    if spec is None:
+        raise Splat3dError(
+            f"The prompt {cfg.prompt.prompt!r} names no colour ({', '.join(COLOURS)}) and object "
+            f"({', '.join(KINDS)}) of the shapes world, so there is no truth to compare with."
+        )
+    folder = builtin_priors().get(cfg.model) or Path(cfg.model)
+    if not (folder / "classifier.safetensors").is_file():
+        raise Splat3dError(
+            f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
+            "(--model shapes)."
+        )
+    if (run / "scene.ply").is_file():
+        scene = read_ply(run / "scene.ply")
+    elif checkpoints := list_checkpoints(run / "checkpoints"):
+        scene = GaussianScene(**load_checkpoint(checkpoints[-1])["params"])
+    else:
+        raise Splat3dError(f"{run} holds neither scene.ply nor checkpoints yet.")
+    result = evaluate_scene(scene, spec.colour, spec.kind, load_classifier(folder))
+    table = Table(title=f"{run}: {spec.colour} {spec.kind}", title_justify="left")
+    for column in ("azimuth", "colour", "kind", "view seen", "camera view", "IoU"):
+        table.add_column(column)
+    for v in result.per_view:
+        table.add_row(f"{v['azimuth']:.0f}°", v["colour"], v["kind"], v["view"], v["true_view"], f"{v['iou']:.3f}")
+    console.print(table)
+    views = len(result.per_view)
+    console.print(
+        f"prompt accuracy {result.prompt_accuracy:.3f} ({round(result.prompt_accuracy * views)}/{views} views), "
+        f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}"
+        + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else ""),
+        highlight=False,
+    )
+    write_evaluation(result, run / "eval.json")
+    console.print(f"wrote {run / 'eval.json'}")
 
 
 prior_app = typer.Typer(help="Train and sample diffusion priors.", no_args_is_help=True)

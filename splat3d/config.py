@@ -115,8 +115,9 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     method: str = "l2vsd"
     """sds, vsd, lvsd or l2vsd."""
-    model: str = "shapes"
-    """Built-in prior name, local diffusers folder, or Hugging Face id."""
+    model: str = "auto"
+    """Built-in prior name, local diffusers folder, or Hugging Face id; auto: Stable Diffusion
+    (priors.DEFAULT_SD_MODEL) with CUDA, the built-in shapes prior without."""
     steps: int = 1000
     seed: int = 0
     device: str = "auto"

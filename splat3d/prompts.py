@@ -8,6 +8,8 @@ Embeddings are computed once per distinct text and cached by the prior.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,16 @@ class PromptProcessor:
             raise Splat3dError('The prompt is empty; describe what to generate, e.g. "a red cube".')
         self.prior = prior
         self.config = config
+        vocabulary = getattr(prior, "vocabulary", None)
+        if vocabulary:
+            words = re.findall(r"[a-z]+", f"{config.prompt} {config.negative_prompt}".lower())
+            unknown = [w for w in dict.fromkeys(words) if w not in vocabulary]
+            if unknown:
+                warnings.warn(
+                    f"The prior {prior.name} does not know {', '.join(repr(w) for w in unknown)}; "
+                    f"its vocabulary is: {', '.join(vocabulary)}.",
+                    stacklevel=2,
+                )
         texts = [config.prompt, config.negative_prompt]
         if config.view_dependent:
             texts += [view_prompt(config.prompt, v) for v in VIEWS]

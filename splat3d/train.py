@@ -33,7 +33,7 @@ from splat3d.errors import Splat3dError
 from splat3d.fileio import atomic_write, ensure_writable_dir
 from splat3d.guidance import make_guidance
 from splat3d.media import grid, save_png, save_video, to_uint8
-from splat3d.priors import load_prior
+from splat3d.priors import default_model, load_prior
 from splat3d.prompts import PromptProcessor
 from splat3d.render import render, resolve_device
 from splat3d.scene import PARAM_NAMES, GaussianScene
@@ -88,6 +88,8 @@ class Trainer:
         self.config = cfg = config
         self.out = Path(out)
         self.device = resolve_device(cfg.device)
+        if cfg.model == "auto":  # recorded resolved, so config.yaml repeats the run exactly
+            cfg.model = default_model(self.device)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         self.prior = prior or load_prior(cfg.model, self.device)

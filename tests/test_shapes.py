@@ -9,8 +9,10 @@ from test_generate import run_cli
 
 from splat3d.cameras import orbit_cameras
 from splat3d.priors import load_prior
+from splat3d.prompts import PromptConfig, PromptProcessor
 from splat3d.render import render
 from splat3d.sample import sample_images
+from splat3d.scene import GaussianScene
 from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object, parse_prompt
 
@@ -47,16 +49,15 @@ def test_colours_come_out_right():
         assert (mean - torch.tensor(rgb)).abs().max() < 0.15, colour
 
 
-def test_parse_prompt_warns_outside_the_vocabulary():
-    with pytest.warns(UserWarning, match="does not know 'fluffy', 'corgi'; it knows the colours red"):
-        assert parse_prompt("a fluffy corgi") is None
+def test_parse_prompt():
+    assert parse_prompt("a fluffy corgi") is None
     spec = parse_prompt("a blue torus, side view")
     assert (spec.colour, spec.kind) == ("blue", "torus")
 
 
 TINY = PriorTrainConfig(
     steps=4, batch_size=8, resolution=16, views_per_object=16, colours=("red", "blue"), kinds=("cube", "sphere"),
-    block_out_channels=(16, 32), cross_attention_dim=32, checkpoint_every=2, ema_decay=0.9,
+    block_out_channels=(16, 32), cross_attention_dim=32, checkpoint_every=2, ema_decay=0.9, classifier_steps=20,
 )  # fmt: skip
 
 
@@ -74,6 +75,9 @@ def test_prior_training_resumes_exactly_and_exports(tmp_path):
     assert list((tmp_path / "cache").glob("shapes-dataset-*.pt")), "the dataset is cached"
     prior = load_prior(folder, device="cpu")
     assert prior.image_size == 16 and not prior.is_latent
+    assert (folder / "classifier.safetensors").exists()
+    with pytest.warns(UserWarning, match="does not know 'fluffy', 'corgi'; its vocabulary is: red, green"):
+        PromptProcessor(prior, PromptConfig("a fluffy red corgi"))
     images = sample_images(prior, ["a red cube", "a blue sphere, side view"], steps=3)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
@@ -86,3 +90,49 @@ def test_prior_sample_cli(tiny_priors, tmp_path, capsys):
     assert iio.imread(out).shape[2] == 3
     code, _, err = run_cli(capsys, "prior", "sample", " ", "--out", out)
     assert code == 2 and "empty" in err
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory):
+    """A classifier trained briefly on two colours and two kinds (one with a front)."""
+    from splat3d.shapes.evaluate import save_classifier, train_classifier
+    from splat3d.shapes.train_prior import build_dataset
+
+    tmp = tmp_path_factory.mktemp("classifier")
+    cfg = dataclasses.replace(
+        TINY, resolution=32, views_per_object=96, colours=("red", "blue"), kinds=("cube", "house")
+    )
+    model, accuracy = train_classifier(build_dataset(cfg, tmp, log=lambda m: None), steps=600, batch_size=64)
+    save_classifier(model, tmp / "prior", accuracy)
+    return tmp / "prior"
+
+
+def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
+    from splat3d.config import build_config, to_yaml
+    from splat3d.shapes.evaluate import evaluate_scene, load_classifier
+
+    classifier = load_classifier(classifier_folder)
+    right = evaluate_scene(make_object("red", "house", seed=3), "red", "house", classifier)
+    wrong = evaluate_scene(make_object("blue", "cube", seed=3), "red", "house", classifier)
+    assert right.prompt_accuracy >= 0.75 and right.iou > 0.9 and right.colour_error < 0.05
+    assert wrong.prompt_accuracy <= 0.25 and wrong.colour_error > 0.2
+    # A Janus house: the same front on both sides (a copy turned half way round).
+    house = make_object("red", "house", seed=3)
+    raw = house.raw()
+    turned = {**raw, "means": raw["means"] * torch.tensor([-1.0, -1.0, 1.0])}
+    janus = GaussianScene(**{k: torch.cat([raw[k], turned[k]]) for k in raw})
+    janus_eval = evaluate_scene(janus, "red", "house", classifier)
+    assert right.view_consistency >= janus_eval.view_consistency + 0.25, (right.view_consistency, janus_eval)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    make_object("red", "house", seed=3).save_ply(run / "scene.ply")
+    cfg = build_config(None, prompt__prompt="a red house", model=str(classifier_folder))
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0, err
+    assert "prompt accuracy" in out and (run / "eval.json").exists()
+    cfg.prompt.prompt = "a fluffy corgi"
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    code, _, err = run_cli(capsys, "eval", run)
+    assert code == 2 and "no truth" in " ".join(err.split())

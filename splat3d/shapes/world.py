@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -53,16 +52,9 @@ class ObjectSpec:
         return f"a {self.colour} {self.kind}"
 
 
-def parse_prompt(prompt: str, warn: bool = True) -> ObjectSpec | None:
-    """The (colour, kind) a prompt names; warns about words outside the vocabulary."""
+def parse_prompt(prompt: str) -> ObjectSpec | None:
+    """The (colour, kind) a prompt names, or None if it names no colour or no kind."""
     words = re.findall(r"[a-z]+", prompt.lower())
-    unknown = [w for w in words if w not in vocabulary()]
-    if warn and unknown:
-        warnings.warn(
-            f"The shapes prior does not know {', '.join(repr(w) for w in dict.fromkeys(unknown))}; "
-            f"it knows the colours {', '.join(COLOURS)} and the objects {', '.join(KINDS)}.",
-            stacklevel=2,
-        )
     colours = [w for w in words if w in COLOURS]
     kinds = [w for w in words if w in KINDS]
     return ObjectSpec(colours[0], kinds[0]) if colours and kinds else None

@@ -1,0 +1,184 @@
+"""The shapes world's evaluator: does a 3D result show the prompted object?
+
+A small CNN, trained on the world's renders (the prior's dataset) and shipped
+with the prior, judges colour, kind and view (front/side/back/overhead) of a
+32x32 render. ``evaluate_scene`` renders a result from a fixed ring of views
+and reports:
+
+- prompt accuracy: the fraction of views where colour and kind are right;
+- agreement with the true object on the same views: alpha-mask IoU, and the
+  mean absolute colour error inside both masks;
+- view consistency (objects with a front): the fraction of views where "the
+  front is seen" agrees with "the camera is in front" (azimuth within the
+  prompt processor's front threshold). A Janus object, with a front on
+  several sides, scores low.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from splat3d.cameras import orbit_cameras
+from splat3d.prompts import VIEWS, PromptConfig, view_names
+from splat3d.render import render
+from splat3d.scene import GaussianScene
+from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object
+
+RING_ELEVATION = 15.0
+RING_RADIUS = 2.9
+RING_FOVY = 41.5
+RING_VIEWS = 8
+
+
+class ShapesClassifier(torch.nn.Module):
+    """Colour, kind and view logits for [B, 3, 32, 32] renders in [0, 1]."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        c = width
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(2 * c, 4 * c, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+        )  # fmt: skip
+        self.colour = torch.nn.Linear(16 * c, len(COLOURS))
+        self.kind = torch.nn.Linear(16 * c, len(KINDS))
+        self.view = torch.nn.Linear(16 * c, len(VIEWS))
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(images, (32, 32), mode="bilinear", align_corners=False, antialias=True)
+        h = self.features(images * 2 - 1)
+        return {"colour": self.colour(h), "kind": self.kind(h), "view": self.view(h)}
+
+
+def dataset_labels(data: dict) -> dict[str, Tensor]:
+    """Colour, kind and view class indices for a prior-training dataset."""
+    names = [o.split(" ") for o in data["objects"]]
+    colour = torch.tensor([list(COLOURS).index(c) for c, _ in names])[data["object"]]
+    kind = torch.tensor([KINDS.index(k) for _, k in names])[data["object"]]
+    views = view_names(data["elevation"], data["azimuth"], PromptConfig())
+    return {"colour": colour, "kind": kind, "view": torch.tensor([VIEWS.index(v) for v in views])}
+
+
+def train_classifier(data: dict, steps: int = 1500, batch_size: int = 128, seed: int = 0, log=None):
+    """Fit the classifier on the dataset (90%) and report accuracy on the held-out 10%."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    labels = dataset_labels(data)
+    order = torch.randperm(len(data["images"]), generator=g)
+    held = order[: len(order) // 10]
+    train = order[len(order) // 10 :]
+    model = ShapesClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in range(steps):
+        idx = train[torch.randint(0, len(train), (batch_size,), generator=g)]
+        images = data["images"][idx].float() / 255.0
+        # Robustness to what distillation produces: colour jitter, noise, small shifts.
+        images = images * (1 + 0.1 * torch.randn(batch_size, 3, 1, 1, generator=g))
+        images = images + 0.03 * torch.randn(images.shape, generator=g)
+        shift = torch.randint(-2, 3, (2,), generator=g).tolist()
+        images = torch.roll(images, shifts=shift, dims=(2, 3)).clamp(0, 1)
+        out = model(images)
+        fronted = torch.tensor([KINDS[k] in FRONTED for k in labels["kind"][idx].tolist()])
+        loss = F.cross_entropy(out["colour"], labels["colour"][idx]) + F.cross_entropy(out["kind"], labels["kind"][idx])
+        if fronted.any():  # the view only has meaning for objects with a front
+            loss = loss + F.cross_entropy(out["view"][fronted], labels["view"][idx][fronted])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (step + 1) % 250 == 0:
+            log(f"classifier step {step + 1}/{steps}: loss {loss.item():.3f}")
+    model.eval()
+    with torch.no_grad():
+        out = model(data["images"][held].float() / 255.0)
+        fronted = torch.tensor([KINDS[k] in FRONTED for k in labels["kind"][held].tolist()])
+        accuracy = {
+            "colour": (out["colour"].argmax(1) == labels["colour"][held]).float().mean().item(),
+            "kind": (out["kind"].argmax(1) == labels["kind"][held]).float().mean().item(),
+            "view_fronted": (out["view"][fronted].argmax(1) == labels["view"][held][fronted]).float().mean().item(),
+        }
+    return model, accuracy
+
+
+def save_classifier(model: ShapesClassifier, folder: Path, accuracy: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(folder / "classifier.safetensors"))
+    meta = {"colours": list(COLOURS), "kinds": list(KINDS), "views": list(VIEWS), "held_out_accuracy": accuracy}
+    (folder / "classifier.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_classifier(folder: Path) -> ShapesClassifier:
+    from safetensors.torch import load_file
+
+    model = ShapesClassifier()
+    model.load_state_dict(load_file(str(Path(folder) / "classifier.safetensors")))
+    return model.eval()
+
+
+@dataclass
+class Evaluation:
+    prompt: str
+    colour: str
+    kind: str
+    prompt_accuracy: float
+    colour_accuracy: float
+    kind_accuracy: float
+    iou: float
+    colour_error: float
+    view_consistency: Optional[float]
+    per_view: list
+
+
+@torch.no_grad()
+def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: ShapesClassifier) -> Evaluation:
+    azimuth = torch.arange(RING_VIEWS) * (360.0 / RING_VIEWS)
+    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, 64, 64)
+    scene = scene.to("cpu")
+    ours = render(scene, cams, 1.0, backend="torch")
+    truth = render(make_object(colour, kind), cams, 1.0, backend="torch")
+    logits = classifier(ours.images.clamp(0, 1))
+    pred_colour = [list(COLOURS)[i] for i in logits["colour"].argmax(1).tolist()]
+    pred_kind = [KINDS[i] for i in logits["kind"].argmax(1).tolist()]
+    pred_view = [VIEWS[i] for i in logits["view"].argmax(1).tolist()]
+    true_view = view_names(cams.elevation, cams.azimuth, PromptConfig())
+    mask_ours, mask_true = ours.alphas[:, 0] > 0.5, truth.alphas[:, 0] > 0.5
+    inter = (mask_ours & mask_true).sum((1, 2)).float()
+    union = (mask_ours | mask_true).sum((1, 2)).float().clamp_min(1)
+    both = (mask_ours & mask_true)[:, None].expand_as(ours.images)
+    colour_error = ((ours.images - truth.images).abs() * both).sum() / both.sum().clamp_min(1)
+    ok_colour = [p == colour for p in pred_colour]
+    ok_kind = [p == kind for p in pred_kind]
+    per_view = [
+        {"azimuth": float(a), "colour": c, "kind": k, "view": v, "true_view": tv, "iou": float(i / u)}
+        for a, c, k, v, tv, i, u in zip(azimuth.tolist(), pred_colour, pred_kind, pred_view, true_view, inter, union)
+    ]
+    consistency = None
+    if kind in FRONTED:
+        consistency = sum((p == "front") == (t == "front") for p, t in zip(pred_view, true_view)) / RING_VIEWS
+    return Evaluation(
+        prompt=f"a {colour} {kind}", colour=colour, kind=kind,
+        prompt_accuracy=sum(a and b for a, b in zip(ok_colour, ok_kind)) / RING_VIEWS,
+        colour_accuracy=sum(ok_colour) / RING_VIEWS, kind_accuracy=sum(ok_kind) / RING_VIEWS,
+        iou=float((inter / union).mean()), colour_error=float(colour_error), view_consistency=consistency,
+        per_view=per_view,
+    )  # fmt: skip
+
+
+def write_evaluation(evaluation: Evaluation, path: Path) -> None:
+    from splat3d.fileio import atomic_write
+
+    text = json.dumps(asdict(evaluation), indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
