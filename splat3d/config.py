@@ -232,13 +232,26 @@ def build_config(
         return cfg
 
     # The method's preset (configs/METHOD.yaml) sits right above the defaults,
-    # so files, --set and options all override it.
-    method = merged([]).method
-    method_preset = preset_dir() / f"{method}.yaml"
-    cfg = merged([(load_yaml(method_preset), str(method_preset))] if method_preset.is_file() else [])
+    # so files, --set and options all override it. Without a config file on a
+    # machine without CUDA, the cpu preset comes next: defaults that finish.
+    first = merged([])
+    base = []
+    method_preset = preset_dir() / f"{first.method}.yaml"
+    if method_preset.is_file():
+        base.append((load_yaml(method_preset), str(method_preset)))
+    if config_file is None and _runs_on_cpu(first.device):
+        cpu_preset = preset_dir() / "cpu.yaml"
+        base.append((load_yaml(cpu_preset), str(cpu_preset)))
+    cfg = merged(base)
     run: RunConfig = OmegaConf.to_object(cfg)
     validate(run)
     return run
+
+
+def _runs_on_cpu(device: str) -> bool:
+    import torch
+
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def _yaml_value(v: Any) -> str:
