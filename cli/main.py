@@ -86,8 +86,10 @@ def info(scene: Path = typer.Argument(..., help="A 3DGS .ply file.")):
 
 @app.command()
 def render(
-    scene: Path = typer.Argument(..., help="A 3DGS .ply file."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (and video)."),
+    scene: Path = typer.Argument(..., help="A 3DGS .ply file, a checkpoint, or a run folder."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the PNGs (and video); RUN/renders for a run."
+    ),
     cameras: Path | None = typer.Option(None, "--cameras", help="Cameras JSON file."),
     orbit: int | None = typer.Option(None, "--orbit", help="Render N views on a circle around the origin."),
     elevation: float = typer.Option(20.0, help="Orbit elevation in degrees."),
@@ -105,13 +107,19 @@ def render(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from splat3d.cameras import load_cameras_json, parse_size, turntable
+    from splat3d.checkpoint import load_scene
     from splat3d.media import save_png, save_video, to_uint8
-    from splat3d.ply import read_ply
     from splat3d.render import render as render_scene
     from splat3d.render import resolve_device
 
+    if scene.is_dir() and cameras is None and orbit is None:
+        orbit = 48  # a run folder: its turntable
     if (cameras is None) == (orbit is None):
         raise Splat3dError("Give exactly one of --cameras FILE or --orbit N to say where to render from.")
+    if out is None:
+        if not scene.is_dir():
+            raise Splat3dError("Say where to write the views with --out DIR.")
+        out = scene / "renders"
     if orbit is not None and not 1 <= orbit <= 10000:
         raise Splat3dError(f"--orbit {orbit} is out of range; ask for 1 to 10000 views.")
     if not 0.0 < fovy < 180.0:
@@ -121,7 +129,7 @@ def render(
     bg = _parse_background(background)
     dev = resolve_device(device)
     wh = parse_size(size) if size else None
-    s = read_ply(scene)
+    s = load_scene(scene)
     if sh_degree is not None and not 0 <= sh_degree <= s.sh_degree:
         raise Splat3dError(f"--sh-degree {sh_degree} is out of range; {scene} has SH degree {s.sh_degree}.")
     if cameras is not None:
@@ -309,46 +317,35 @@ def config_show(preset: Optional[str] = typer.Argument(None, help="A preset name
 def export(
     source: Path = typer.Argument(..., help="A run folder, a checkpoint (.pt) or a .ply scene."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write."),
-    format: str = typer.Option("ply", "--format", help="ply (INRIA layout)."),
+    format: str = typer.Option("ply", "--format", help="ply (INRIA layout), splat (antimatter15) or ply_compressed."),
     sh_degree: Optional[int] = typer.Option(None, "--sh-degree", help="Pad or truncate SH to this degree (0..3)."),
+    up: str = typer.Option("+z", "--up", help="Up axis the viewer expects: +z (splat3d), +y or -y."),
 ):
-    """Write a scene for other viewers."""
-    from splat3d.checkpoint import list_checkpoints, load_checkpoint
-    from splat3d.ply import read_ply
-    from splat3d.scene import GaussianScene
+    """Write a scene for other viewers (see the README for which viewer expects what)."""
+    from splat3d.checkpoint import load_scene
+    from splat3d.export import FORMATS, UP_AXES, export_scene
 
-    if format != "ply":
-        raise Splat3dError(f"Unknown format {format!r}; choose ply.")
+    if format not in FORMATS:
+        raise Splat3dError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
+    if up not in UP_AXES:
+        raise Splat3dError(f"Unknown up axis {up!r}; choose one of {', '.join(UP_AXES)}.")
     if sh_degree is not None and not 0 <= sh_degree <= 3:
         raise Splat3dError(f"--sh-degree {sh_degree} is out of range; choose 0..3.")
-    if source.is_dir():
-        if (source / "scene.ply").is_file():
-            scene = read_ply(source / "scene.ply")
-        elif checkpoints := list_checkpoints(source / "checkpoints"):
-            scene = GaussianScene(**load_checkpoint(checkpoints[-1])["params"])
-        else:
-            raise Splat3dError(f"{source} holds neither scene.ply nor checkpoints; pass a run folder or a file.")
-    elif source.suffix == ".pt":
-        scene = GaussianScene(**load_checkpoint(source)["params"])
-    else:
-        scene = read_ply(source)
-    if out.parent and not out.parent.exists():
-        ensure_writable_dir(out.parent)
+    scene = load_scene(source)
+    ensure_writable_dir(out.parent)
     try:
-        n = scene.save_ply(out, sh_degree=sh_degree)
+        n = export_scene(scene, out, format, sh_degree, up)
     except OSError as e:
         raise Splat3dError(f"Cannot write {out} ({e.strerror or e}); choose a writable path with --out.") from None
-    console.print(f"wrote {out} ({n:,} Gaussians, SH degree {sh_degree if sh_degree is not None else scene.sh_degree})")
+    console.print(f"wrote {out} ({n:,} Gaussians, {format}, up {up})")
 
 
 @app.command("eval")
 def eval_run(run: Path = typer.Argument(..., help="A run folder made with the shapes prior.")):
     """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, view consistency."""
-    from splat3d.checkpoint import list_checkpoints, load_checkpoint
+    from splat3d.checkpoint import load_scene
     from splat3d.config import build_config
-    from splat3d.ply import read_ply
     from splat3d.priors import builtin_priors
-    from splat3d.scene import GaussianScene
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier, write_evaluation
     from splat3d.shapes.world import COLOURS, KINDS, parse_prompt
 
@@ -367,12 +364,7 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
             f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
             "(--model shapes)."
         )
-    if (run / "scene.ply").is_file():
-        scene = read_ply(run / "scene.ply")
-    elif checkpoints := list_checkpoints(run / "checkpoints"):
-        scene = GaussianScene(**load_checkpoint(checkpoints[-1])["params"])
-    else:
-        raise Splat3dError(f"{run} holds neither scene.ply nor checkpoints yet.")
+    scene = load_scene(run)
     result = evaluate_scene(scene, spec.colour, spec.kind, load_classifier(folder))
     table = Table(title=f"{run}: {spec.colour} {spec.kind}", title_justify="left")
     for column in ("azimuth", "colour", "kind", "view seen", "camera view", "IoU"):
