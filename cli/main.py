@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one message, one line
 
 
 def _version(value: bool):
@@ -225,6 +225,8 @@ def generate(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    viewer: bool = typer.Option(False, "--viewer", help="Watch the splats grow in the browser."),
+    port: int = typer.Option(8080, "--port", help="Port of the --viewer."),
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -276,6 +278,12 @@ def generate(
         TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]:>6} it/s"),
         TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4g}  {task.fields[gaussians]:,} Gaussians"),
     )  # fmt: skip
+    live = None
+    if viewer:
+        from splat3d.viewer import LiveViewer, SplatViewer
+
+        live = LiveViewer(SplatViewer("127.0.0.1", port))
+        err_console.print(f"live view at {live.viewer.url}", highlight=False)
     with Progress(*columns, console=err_console, disable=quiet, transient=False) as progress:
         task = progress.add_task("generate", total=cfg.steps, completed=trainer.step, loss=float("nan"),
                                  gaussians=len(trainer.scene), rate="-")  # fmt: skip
@@ -285,6 +293,9 @@ def generate(
             rate = (step - first) / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=step, loss=logs["loss"], gaussians=logs["n_gaussians"],
                             rate=f"{rate:.2f}")  # fmt: skip
+            if live:
+                live.offer(trainer.scene, f"**{cfg.prompt.prompt}**  \nstep {step}/{cfg.steps} · "
+                                          f"{logs['n_gaussians']:,} Gaussians")  # fmt: skip
 
         try:
             trainer.run(on_step=on_step)
@@ -296,6 +307,10 @@ def generate(
             progress.stop()
             err_console.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(1) from None
+        finally:
+            if live:
+                live.close()
+                live.viewer.close()
     console.print(f"wrote {run_dir / 'scene.ply'} ({len(trainer.scene):,} Gaussians) and its pictures in {run_dir}")
 
 
@@ -338,6 +353,46 @@ def export(
     except OSError as e:
         raise Splat3dError(f"Cannot write {out} ({e.strerror or e}); choose a writable path with --out.") from None
     console.print(f"wrote {out} ({n:,} Gaussians, {format}, up {up})")
+
+
+@app.command()
+def view(
+    source: Path = typer.Argument(..., help="A .ply scene, a checkpoint, or a run folder."),
+    port: int = typer.Option(8080, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback exposes the view."),
+):
+    """Serve an interactive 3D view of the Gaussians in the browser (Ctrl-C stops)."""
+    from splat3d.checkpoint import load_scene
+    from splat3d.viewer import LOOPBACK, SplatViewer
+
+    if not 0 < port < 65536:
+        raise Splat3dError(f"--port {port} is out of range; choose 1..65535.")
+    scene = load_scene(source)
+    status = f"{len(scene):,} Gaussians"
+    if source.is_dir() and (source / "config.yaml").is_file():
+        from splat3d.config import build_config
+        from splat3d.train import last_step
+
+        cfg = build_config(str(source / "config.yaml"))
+        status = f"**{cfg.prompt.prompt}**  \nstep {last_step(source)}/{cfg.steps} · {len(scene):,} Gaussians"
+    if host not in LOOPBACK:
+        err_console.print(
+            f"[yellow]warning:[/] binding to {host} makes the view reachable from other machines.", highlight=False
+        )
+    try:
+        viewer = SplatViewer(host, port)  # viser moves to the next free port if this one is taken
+    except OSError as e:
+        raise Splat3dError(f"Cannot serve on {host}:{port} ({e.strerror or e}); choose another --port.") from None
+    viewer.show(scene, status)
+    typer.echo(f"viewing {source} at {viewer.url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.close()
+    console.print("stopped")
 
 
 @app.command("eval")

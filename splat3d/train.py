@@ -356,3 +356,15 @@ def _sigint_sets(trainer: Trainer):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def last_step(out: Path) -> int:
+    """The step of a run folder's newest metrics line (0 if none)."""
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().strip().splitlines()
+    try:
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
