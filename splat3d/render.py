@@ -43,11 +43,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> str:
-    assert backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}"
+    from splat3d.errors import Splat3dError
+
+    if backend not in BACKENDS:
+        raise Splat3dError(f"Unknown rasterizer backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
         return "gsplat" if device.type == "cuda" else "torch"
-    if backend == "gsplat":
-        assert device.type == "cuda", "the gsplat backend needs a CUDA device; use backend='torch'"
+    if backend == "gsplat" and device.type != "cuda":
+        raise Splat3dError("The gsplat backend needs a CUDA device; use backend torch (or auto) on CPU.")
     return backend
 
 

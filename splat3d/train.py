@@ -40,7 +40,7 @@ from splat3d.scene import PARAM_NAMES, GaussianScene
 from splat3d.strategy import initialize_state, make_strategy, step_post_backward
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "scene.ply", "config.yaml", "preview.png", "views.png",
-               "turntable.mp4", "turntable.gif")  # fmt: skip
+               "turntable.mp4", "turntable.gif", "renders", "eval.json")  # fmt: skip
 
 
 class RunInterrupted(Exception):
