@@ -1,0 +1,158 @@
+"""Does L2-VSD win? SDS, VSD, L-VSD and L2-VSD on the shapes world, scored against the truth.
+
+Every run uses the cpu preset (same cameras, densification and steps for all
+methods) with the shapes prior, then `splat3d eval`'s metrics. Each finished
+run writes benchmarks/results/distill/<run>.json, so an interrupted benchmark
+resumes where it stopped (finished runs are skipped).
+
+    python benchmarks/distill.py                       # 12 prompts x 3 seeds x 4 methods x budgets 1x, 3x
+    python benchmarks/distill.py --prompts 2 --seeds 0 --budgets 1   # a quick subset
+    python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, write_doc_section  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "distill"
+PROMPTS = ROOT / "benchmarks" / "prompts.txt"
+METHODS = ("sds", "vsd", "lvsd", "l2vsd")
+METRICS = ("prompt_accuracy", "iou", "colour_error", "view_consistency")
+
+
+def load_prompts(path: Path = PROMPTS) -> list[str]:
+    return [x.strip() for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+
+
+def run_id(method: str, budget: int, prompt: str, seed: int, tag: str = "") -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return f"{method}{tag}-x{budget}-{slug}-s{seed}"
+
+
+def run_one(
+    model: str, method: str, budget: int, prompt: str, seed: int, overrides: list[str], tag: str, results: Path
+) -> dict:
+    from splat3d.config import build_config
+    from splat3d.media import grid, save_png
+    from splat3d.priors import builtin_priors
+    from splat3d.shapes.evaluate import evaluate_scene, load_classifier
+    from splat3d.shapes.world import parse_prompt
+    from splat3d.train import Trainer
+
+    cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method=method, seed=seed)
+    cfg.steps *= budget
+    spec = parse_prompt(prompt)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer.out.mkdir()
+        t0 = time.perf_counter()
+        trainer.run()
+        wall = time.perf_counter() - t0
+        rows = [json.loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+        folder = builtin_priors().get(model) or Path(model)
+        evaluation = evaluate_scene(trainer.scene, spec.colour, spec.kind, load_classifier(folder))
+        frames = trainer.render_views(4, 64)
+    name = run_id(method, budget, prompt, seed, tag)
+    save_png(grid(frames, columns=4), results / "frames" / f"{name}.png")
+    return {
+        "run": name, "method": method + tag, "budget": budget, "prompt": prompt, "seed": seed,
+        "steps": cfg.steps, "overrides": overrides,
+        "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
+        "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
+        "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
+        "total_seconds": wall, "peak_memory_mb": rows[-1]["peak_memory_mb"], "gaussians": rows[-1]["n_gaussians"],
+    }  # fmt: skip
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def report(results_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    if not results:
+        raise SystemExit("no results yet; run the benchmark first")
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    lines = ["| method | budget | runs | " + " | ".join(METRICS) + " | s/step | total s |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 2)]  # fmt: skip
+    for (method, budget), rs in sorted(groups.items()):
+        cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, "seconds_per_step", "total_seconds")]
+        lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS):
+        for method in sorted({m for m, _ in groups}):
+            pts = sorted((statistics.mean(r["total_seconds"] for r in rs),
+                          statistics.mean([r[metric] for r in rs if r[metric] is not None] or [float("nan")]))
+                         for (m, _), rs in groups.items() if m == method)  # fmt: skip
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("wall-clock seconds per run")
+        ax.set_title(metric)
+    axes[0].legend()
+    fig.tight_layout()
+    print("\n".join(lines))
+    if results_dir != RESULTS:  # a trial run: do not touch the docs
+        fig.savefig(results_dir / "frontier.png", dpi=100)
+        return
+    fig.savefig(ROOT / "docs" / "distill_frontier.png", dpi=100)
+    write_doc_section(
+        "distill",
+        "## Method benchmark on the shapes world\n\n"
+        f"`python benchmarks/distill.py` then `--report`, on {machine()}; {len(results)} runs, prompts in "
+        "benchmarks/prompts.txt, the cpu preset for every method. Mean ± std over prompts and seeds.\n\n"
+        + "\n".join(lines)
+        + "\n\n![quality per second](distill_frontier.png)\n",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--budgets", default="1,3", help="multiples of the cpu preset's steps")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--prompts", type=int, default=0, help="use only the first N prompts (0: all)")
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
+    parser.add_argument("--tag", default="", help="suffix for the method name (sweeps)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.report:
+        report(args.results)
+        return
+    prompts = load_prompts()[: args.prompts or None]
+    args.results.mkdir(parents=True, exist_ok=True)
+    for budget in (int(b) for b in args.budgets.split(",")):
+        for prompt in prompts:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for method in args.methods.split(","):
+                    path = args.results / f"{run_id(method, budget, prompt, seed, args.tag)}.json"
+                    if path.exists():
+                        continue  # finished earlier: the benchmark resumes
+                    result = run_one(args.model, method, budget, prompt, seed, args.set, args.tag, args.results)
+                    path.write_text(json.dumps(result, indent=1))
+                    print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
