@@ -40,11 +40,12 @@ from gsplat.cuda._torch_impl import (
 )
 from torch import Tensor
 
+from splat3d.scene import SH_C0
+
 ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat: fragments below this are skipped
 MAX_ALPHA = 0.999  # gsplat's clamp (the INRIA code used 0.99)
 TRANSMITTANCE_STOP = 1e-4  # gsplat stops before T falls to this
 RADIUS_EXTEND = 3.33  # gsplat's bounding-box extent in standard deviations
-SH_C0 = 0.28209479177387814
 
 # Fragments processed at once; above this, pixel rows are split into bands so
 # memory stays bounded for large scenes and images.
