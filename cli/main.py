@@ -14,7 +14,7 @@ from rich.table import Table
 
 from splat3d import __version__
 from splat3d.errors import Splat3dError
-from splat3d.fileio import ensure_writable_dir
+from splat3d.fileio import ensure_writable_dir, slug
 
 app = typer.Typer(
     name="splat3d",
@@ -48,7 +48,7 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
     try:
-        app()
+        app(args=_optional_ray_value(sys.argv[1:]))
     except Splat3dError as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(2)
@@ -204,12 +204,6 @@ def demo(
     )  # fmt: skip
 
 
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "run"
-
-
 @app.command()
 def generate(
     prompt: Optional[str] = typer.Argument(None, help='What to generate, e.g. "a red cube".'),
@@ -252,7 +246,7 @@ def generate(
         )  # fmt: skip
         if init is not None and not init.is_file():
             raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
-        run_dir = out or Path("runs") / _slug(cfg.prompt.prompt)
+        run_dir = out or Path("runs") / slug(cfg.prompt.prompt)
         check_run_folder(run_dir, overwrite)
         if cfg.model == "auto":
             from splat3d.priors import default_model
@@ -312,6 +306,97 @@ def generate(
                 live.close()
                 live.viewer.close()
     console.print(f"wrote {run_dir / 'scene.ply'} ({len(trainer.scene):,} Gaussians) and its pictures in {run_dir}")
+
+
+def _ray_address_like(token: str) -> bool:
+    return token == "auto" or token.startswith("ray://") or (":" in token and not Path(token).exists())
+
+
+def _optional_ray_value(argv: list[str]) -> list[str]:
+    """``--ray`` takes an optional ADDRESS: alone (or before a non-address) it means a local instance."""
+    out = []
+    for i, token in enumerate(argv):
+        if token == "--ray" and not (i + 1 < len(argv) and _ray_address_like(argv[i + 1])):
+            token = "--ray=local"
+        out.append(token)
+    return out
+
+
+@app.command()
+def batch(
+    prompts: Path = typer.Argument(..., help="One prompt per line (.txt), or one JSON object per line (.jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Batch folder: one run folder per prompt, summaries."),
+    method: Optional[str] = typer.Option(None, help="Default method (a .jsonl line can override it)."),
+    model: Optional[str] = typer.Option(None, help="Default model."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="A preset name or YAML file for every run."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting for every run: KEY=VALUE."),
+    steps: Optional[int] = typer.Option(None, help="Steps per run."),
+    seed: Optional[int] = typer.Option(None, help="Default seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Runs at once (processes, or Ray tasks of a local Ray)."),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run one Ray task per prompt. Alone: a local Ray instance; with an address (auto, HOST:PORT, "
+        "ray://HOST:PORT): join that cluster. OUT must be a path every node shares.",
+    ),
+    cpus_per_task: float = typer.Option(1.0, "--cpus-per-task", help="CPUs per run (also its torch threads)."),
+    gpus_per_task: float = typer.Option(0.0, "--gpus-per-task", help="GPUs per Ray task."),
+    retries: int = typer.Option(2, "--retries", help="Times a failed run is retried before it is reported."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No overview."),
+):
+    """Generate many prompts: one run folder each, resumable, here or on a Ray cluster."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from splat3d.batch import Backend, Job, read_jobs, read_status, run_batch
+    from splat3d.train import RunInterrupted
+
+    if workers < 1 or cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
+        raise Splat3dError("--workers and --cpus-per-task must be positive, --gpus-per-task and --retries >= 0.")
+    if steps is not None and steps <= 0:
+        raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
+    if ray is None and gpus_per_task:
+        raise Splat3dError("--gpus-per-task applies to Ray tasks; add --ray (or --ray ADDRESS).")
+    defaults = Job(prompt="", method=method, model=model, seed=seed, steps=steps, sets=list(set_ or []),
+                   config=config, device=device)  # fmt: skip
+    jobs = read_jobs(prompts, defaults)
+    ensure_writable_dir(out)
+    backend = Backend(
+        kind="local" if ray is None else "ray", workers=workers, ray_address=None if ray in (None, "local") else ray,
+        cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries,
+    )  # fmt: skip
+    where = "here" if ray is None else ("on a local Ray instance" if ray == "local" else f"on Ray at {ray}")
+    progress = Progress(TextColumn("batch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[counts]}"),
+                        console=err_console, disable=quiet)  # fmt: skip
+    task = progress.add_task("batch", total=len(jobs), counts="")
+
+    def on_update(state, message):
+        c = state.counts()
+        eta = state.eta()
+        text = f"done {c['done']} · running {c['running']} · failed {c['failed']} · remaining {c['remaining']}"
+        if eta is not None:
+            text += f" · ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+        progress.update(task, completed=c["done"] + c["failed"], counts=text)
+        if message:
+            progress.console.print(f"[red]{message}[/]", highlight=False)
+
+    if not quiet:
+        skipped = sum((read_status(out / j.name) or {}).get("status") == "done" for j in jobs)
+        err_console.print(f"splat3d batch: {len(jobs)} prompts ({skipped} done earlier) -> {out}, {where}",
+                          highlight=False)  # fmt: skip
+    try:
+        with progress:
+            state = run_batch(jobs, out, backend, on_update)
+    except (RunInterrupted, KeyboardInterrupt):
+        err_console.print("interrupted; finished runs are kept and partial runs checkpointed. Run the same command "
+                          "again to resume: finished prompts are skipped.", highlight=False)  # fmt: skip
+        raise typer.Exit(130) from None
+    c = state.counts()
+    console.print(f"{c['done']} done, {c['failed']} failed of {len(jobs)}; wrote {out / 'summary.csv'}, "
+                  f"{out / 'summary.md'} and {out / 'index.html'}", highlight=False)  # fmt: skip
+    if c["failed"]:
+        raise typer.Exit(1)
 
 
 config_app = typer.Typer(help="Show configuration presets.", no_args_is_help=True)
@@ -398,30 +483,10 @@ def view(
 @app.command("eval")
 def eval_run(run: Path = typer.Argument(..., help="A run folder made with the shapes prior.")):
     """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, view consistency."""
-    from splat3d.checkpoint import load_scene
-    from splat3d.config import build_config
-    from splat3d.priors import builtin_priors
-    from splat3d.shapes.evaluate import evaluate_scene, load_classifier, write_evaluation
-    from splat3d.shapes.world import COLOURS, KINDS, parse_prompt
+    from splat3d.shapes.evaluate import evaluate_run
 
-    if not (run / "config.yaml").is_file():
-        raise Splat3dError(f"{run} is not a run folder (no config.yaml); pass the --out folder of a generate run.")
-    cfg = build_config(str(run / "config.yaml"))
-    spec = parse_prompt(cfg.prompt.prompt)
-    if spec is None:
-        raise Splat3dError(
-            f"The prompt {cfg.prompt.prompt!r} names no colour ({', '.join(COLOURS)}) and object "
-            f"({', '.join(KINDS)}) of the shapes world, so there is no truth to compare with."
-        )
-    folder = builtin_priors().get(cfg.model) or Path(cfg.model)
-    if not (folder / "classifier.safetensors").is_file():
-        raise Splat3dError(
-            f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
-            "(--model shapes)."
-        )
-    scene = load_scene(run)
-    result = evaluate_scene(scene, spec.colour, spec.kind, load_classifier(folder))
-    table = Table(title=f"{run}: {spec.colour} {spec.kind}", title_justify="left")
+    result = evaluate_run(run)
+    table = Table(title=f"{run}: {result.colour} {result.kind}", title_justify="left")
     for column in ("azimuth", "colour", "kind", "view seen", "camera view", "IoU"):
         table.add_column(column)
     for v in result.per_view:
@@ -434,7 +499,6 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
         + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else ""),
         highlight=False,
     )
-    write_evaluation(result, run / "eval.json")
     console.print(f"wrote {run / 'eval.json'}")
 
 

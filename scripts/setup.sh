@@ -16,5 +16,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install "${SPLAT3D_TORCH:-torch==2.13.0}"
   fi
 fi
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[dev,cluster]"
 "$PY" -c "import torch, gsplat, splat3d; print(f'splat3d {splat3d.__version__}: torch {torch.__version__}, gsplat {gsplat.__version__}, CUDA {torch.cuda.is_available()}')"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Union
@@ -48,3 +49,8 @@ def ensure_writable_dir(path: Union[str, Path]) -> Path:
         reason = e.strerror or e
         raise Splat3dError(f"Cannot write to {path} ({reason}); choose a writable folder with --out.") from None
     return path
+
+
+def slug(text: str) -> str:
+    """A folder name for a prompt: "A red cube!" -> "a-red-cube"."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "run"

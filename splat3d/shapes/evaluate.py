@@ -177,6 +177,44 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
     )  # fmt: skip
 
 
+def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
+    """Evaluate a run folder against the shapes world's truth.
+
+    Without a truth (the prompt names no colour and kind of the world) or an
+    evaluator (the model ships no classifier), raise one clear sentence, or
+    return None when ``strict`` is False (``batch`` evaluates where it can).
+    """
+    from splat3d.checkpoint import load_scene
+    from splat3d.config import build_config
+    from splat3d.errors import Splat3dError
+    from splat3d.priors import builtin_priors
+    from splat3d.shapes.world import parse_prompt
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise Splat3dError(f"{run} is not a run folder (no config.yaml); pass the --out folder of a generate run.")
+    cfg = build_config(str(run / "config.yaml"))
+    spec = parse_prompt(cfg.prompt.prompt)
+    folder = builtin_priors().get(cfg.model) or Path(cfg.model)
+    if spec is None:
+        if not strict:
+            return None
+        raise Splat3dError(
+            f"The prompt {cfg.prompt.prompt!r} names no colour ({', '.join(COLOURS)}) and object "
+            f"({', '.join(KINDS)}) of the shapes world, so there is no truth to compare with."
+        )
+    if not (folder / "classifier.safetensors").is_file():
+        if not strict:
+            return None
+        raise Splat3dError(
+            f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
+            "(--model shapes)."
+        )
+    result = evaluate_scene(load_scene(run), spec.colour, spec.kind, load_classifier(folder))
+    write_evaluation(result, run / "eval.json")
+    return result
+
+
 def write_evaluation(evaluation: Evaluation, path: Path) -> None:
     from splat3d.fileio import atomic_write
 
