@@ -7,6 +7,7 @@ resumes where it stopped (finished runs are skipped).
 
     python benchmarks/distill.py                       # 12 prompts x 3 seeds x 4 methods x budgets 1x, 3x
     python benchmarks/distill.py --prompts 2 --seeds 0 --budgets 1   # a quick subset
+    python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
 """
 
@@ -24,10 +25,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, write_doc_section  # noqa: E402
 
+from splat3d.media import save_png  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "distill"
 PROMPTS = ROOT / "benchmarks" / "prompts.txt"
 METHODS = ("sds", "vsd", "lvsd", "l2vsd")
 METRICS = ("prompt_accuracy", "iou", "colour_error", "view_consistency")
+# The sweep (--sweep): L2-VSD's eta and linear-term variants on a subset (seed 0, 1x budget).
+# eta 0.1 with the exact term is the default l2vsd run of the main benchmark, and vsd is eta 0.
+SWEEP = {
+    "-eta0.001": ["guidance.lookahead_scale=0.001"],
+    "-eta0.01": ["guidance.lookahead_scale=0.01"],
+    "-eta1": ["guidance.lookahead_scale=1.0"],
+    "-last_layer": ["guidance.linear_term=last_layer"],
+    "-finite_difference": ["guidance.linear_term=finite_difference"],
+}
+SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
 
 
 def load_prompts(path: Path = PROMPTS) -> list[str]:
@@ -91,6 +104,8 @@ def report(results_dir: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     if not results:
         raise SystemExit("no results yet; run the benchmark first")
+    sweep = sweep_table(results)
+    results = [r for r in results if r["method"] in METHODS]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
@@ -111,18 +126,67 @@ def report(results_dir: Path) -> None:
     axes[0].legend()
     fig.tight_layout()
     print("\n".join(lines))
+    picture, shown = method_grid(results, results_dir)
     if results_dir != RESULTS:  # a trial run: do not touch the docs
         fig.savefig(results_dir / "frontier.png", dpi=100)
+        if picture is not None:
+            save_png(picture, results_dir / "methods.png")
         return
     fig.savefig(ROOT / "docs" / "distill_frontier.png", dpi=100)
+    if picture is not None:
+        save_png(picture, ROOT / "docs" / "distill_methods.png")
     write_doc_section(
         "distill",
         "## Method benchmark on the shapes world\n\n"
         f"`python benchmarks/distill.py` then `--report`, on {machine()}; {len(results)} runs, prompts in "
         "benchmarks/prompts.txt, the cpu preset for every method. Mean ± std over prompts and seeds.\n\n"
         + "\n".join(lines)
-        + "\n\n![quality per second](distill_frontier.png)\n",
+        + "\n\n![quality per second](distill_frontier.png)\n"
+        + f"\nThe same prompts ({'; '.join(shown)}; seed 0, 1x budget), one row per method "
+        + f"({', '.join(m for m in METHODS if any(r['method'] == m for r in results))}), 4 turntable frames each:\n\n"
+        + "![turntable frames per method](distill_methods.png)\n",
     )
+    if sweep:
+        write_doc_section(
+            "distill_sweep",
+            "## L2-VSD's lookahead scale and linear term\n\n"
+            f"`python benchmarks/distill.py --sweep` on {machine()}: {', '.join(SWEEP_PROMPTS)}; seed 0, 1x budget, "
+            "cpu preset. eta 0.1 / exact is the default l2vsd run of the table above; vsd is eta 0. "
+            "Mean ± std over the prompts.\n\n" + sweep,
+        )
+
+
+def sweep_table(results: list[dict]) -> str:
+    rows = [r for r in results if r["prompt"] in SWEEP_PROMPTS and r["seed"] == 0 and r["budget"] == 1]
+    variants = ["vsd", "l2vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
+    if not any(r["method"] != "l2vsd" and r["method"].startswith("l2vsd") for r in rows):
+        return ""
+    label = {"vsd": "vsd (eta 0)", "l2vsd": "l2vsd (eta 0.1, exact: default)"}
+    lines = ["| variant | runs | " + " | ".join(METRICS) + " | s/step |", "|---|---|" + "---|" * (len(METRICS) + 1)]
+    for v in variants:
+        rs = [r for r in rows if r["method"] == v]
+        if rs:
+            cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, "seconds_per_step")]
+            lines.append(f"| {label.get(v, v)} | {len(rs)} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
+def method_grid(results: list[dict], results_dir: Path, prompts: int = 4):
+    """One row per method: the 4-frame turntable strips of the same prompts (seed 0, budget 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from splat3d.media import grid
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    names = {(r["method"], r["prompt"]) for r in results if r["budget"] == 1 and r["seed"] == 0}
+    chosen = [p for p in load_prompts() if all((m, p) in names for m in methods)][:prompts]
+    if not chosen:
+        return None, []
+    strips = [np.asarray(Image.open(results_dir / "frames" / f"{run_id(m, 1, p, 0)}.png").convert("RGB"))
+              for m in methods for p in chosen]  # fmt: skip
+    return grid(strips, columns=len(chosen), pad=6), chosen
 
 
 def main() -> None:
@@ -136,9 +200,20 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the method name (sweeps)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
     args = parser.parse_args()
     if args.report:
         report(args.results)
+        return
+    if args.sweep:
+        args.results.mkdir(parents=True, exist_ok=True)
+        for prompt in SWEEP_PROMPTS:
+            for tag, overrides in SWEEP.items():
+                path = args.results / f"{run_id('l2vsd', 1, prompt, 0, tag)}.json"
+                if not path.exists():
+                    result = run_one(args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results)
+                    path.write_text(json.dumps(result, indent=1))
+                    print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
         return
     prompts = load_prompts()[: args.prompts or None]
     args.results.mkdir(parents=True, exist_ok=True)

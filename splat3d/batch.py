@@ -244,8 +244,8 @@ class Backend:
 class BatchState:
     """Counts for the overview: done, running, failed, remaining, and an ETA."""
 
-    def __init__(self, jobs: list[Job], root: Path, parallel: int):
-        self.jobs, self.root, self.parallel = jobs, root, max(1, parallel)
+    def __init__(self, jobs: list[Job], root: Path):
+        self.jobs, self.root = jobs, root
         self.records = {j.name: read_status(root / j.name) for j in jobs}
         self.skipped = [j.name for j in jobs if (self.records[j.name] or {}).get("status") == "done"]
         self.started = time.perf_counter()
@@ -263,7 +263,7 @@ class BatchState:
     def eta(self) -> Optional[float]:
         if not self.finished_now:
             return None
-        per_job = (time.perf_counter() - self.started) / self.finished_now
+        per_job = (time.perf_counter() - self.started) / self.finished_now  # throughput: counts parallel runs
         return per_job * self.counts()["remaining"]
 
 
@@ -275,8 +275,7 @@ def run_batch(
 ) -> BatchState:
     """Run every job not done yet; returns the final state. Summaries are written even if interrupted."""
     root = ensure_writable_dir(root).resolve()
-    parallel = backend.workers if backend.kind == "local" else max(1, backend.workers)
-    state = BatchState(jobs, root, parallel)
+    state = BatchState(jobs, root)
     todo = [j for j in jobs if j.name not in state.skipped]
     for job in todo:  # a record left "running" by a killed batch is a partial run, resumed below
         record = state.records[job.name]
