@@ -1,12 +1,12 @@
 """How good is the shapes prior in 2D? Its own samples, judged by the evaluator's classifier.
 
 For every (colour, kind) of the world and every phrasing (plain, front,
-side, back, overhead view), draws --samples DDIM samples (50 steps, CFG 3)
+side, back, overhead view), draws --samples DDIM samples (50 steps, at the CFG scale the prior recommends)
 and classifies them. Reports colour, kind and joint accuracy overall and per
 phrasing, writes benchmarks/results/shapes_prior.json, a picture of one
 sample per object, and a table in docs/benchmarks.md.
 
-    python benchmarks/shapes_prior.py [--model shapes] [--samples 1] [--steps 50]
+    python benchmarks/shapes_prior.py [--model shapes] [--samples 1] [--steps 50] [--guidance-scale G]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: what the prior recommends")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -42,6 +42,8 @@ def main() -> None:
     from splat3d.shapes.world import COLOURS, KINDS
 
     prior = load_prior(args.model, "cpu")
+    if args.guidance_scale is None:
+        args.guidance_scale = prior.sample_guidance_scale
     classifier = load_classifier(builtin_priors().get(args.model) or Path(args.model))
     objects = [(c, k) for c in COLOURS for k in KINDS]
     prompts = [(c, k, p) for p in PHRASINGS for c, k in objects for _ in range(args.samples)]

@@ -510,7 +510,7 @@ app.add_typer(prior_app, name="prior")
 def prior_train(
     world: str = typer.Argument("shapes", help="The world to train on (shapes)."),
     out: Path = typer.Option(..., "--out", "-o", help="Training folder: dataset cache, checkpoints, prior/."),
-    steps: int = typer.Option(4000, help="Training steps (it resumes from the folder's last checkpoint)."),
+    steps: int = typer.Option(6500, help="Training steps (it resumes from the folder's last checkpoint)."),
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed of the dataset, the initial weights and the batches."),
     checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
@@ -543,7 +543,9 @@ def prior_sample(
     n: int = typer.Option(8, "--n", help="Number of samples."),
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="The grid PNG to write."),
     steps: int = typer.Option(50, help="DDIM steps."),
-    guidance_scale: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+    guidance_scale: Optional[float] = typer.Option(
+        None, help="Classifier-free guidance scale (default: what the prior recommends; 7.5 if it says nothing)."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
@@ -563,7 +565,8 @@ def prior_sample(
     prior = load_prior(model, resolve_device(device))
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         task = progress.add_task("sample", total=steps)
-        images = sample_images(prior, [prompt] * n, steps, guidance_scale, seed,
+        scale = prior.sample_guidance_scale if guidance_scale is None else guidance_scale
+        images = sample_images(prior, [prompt] * n, steps, scale, seed,
                                progress=lambda: progress.advance(task))  # fmt: skip
     save_png(grid([to_uint8(img) for img in images], columns=min(n, 8)), out)
     console.print(f"wrote {out} ({n} samples of {prompt!r} from {model})")

@@ -61,6 +61,9 @@ class DiffusionPrior:
     dtype: torch.dtype
     folder: Optional[Path] = None  # where it was loaded from, when local
     vocabulary: Optional[list] = None  # the words a small prior knows, if it says
+    # The CFG scale its own 2D samples look best at, if it says (the shapes prior: 1.5, measured by
+    # benchmarks/shapes_prior.py); 7.5 is diffusers' Stable Diffusion default.
+    sample_guidance_scale: float = 7.5
     _text_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -232,11 +235,11 @@ def load_prior(
         raise _unloadable(spec_str, reason) from None
 
     folder = Path(source) if local else None
-    vocabulary = None
+    own = {}  # what a splat3d-trained prior says about itself
     if folder is not None and (folder / "model_index.json").is_file():
         import json
 
-        vocabulary = json.loads((folder / "model_index.json").read_text()).get("splat3d", {}).get("vocabulary")
+        own = json.loads((folder / "model_index.json").read_text()).get("splat3d", {})
     modules = [m for m in (unet, text_encoder, vae) if m is not None]
     for module in modules:
         module.requires_grad_(False)
@@ -253,7 +256,8 @@ def load_prior(
         device=device,
         dtype=dtype,
         folder=folder,
-        vocabulary=vocabulary,
+        vocabulary=own.get("vocabulary"),
+        sample_guidance_scale=float(own.get("sample_guidance_scale", 7.5)),
     )
 
 
