@@ -80,14 +80,18 @@ def _job_from_json(text: str, where: str, defaults: Job) -> Job:
         raise Splat3dError(f"{where} has unknown key(s) {', '.join(unknown)}; the keys are {', '.join(JOB_KEYS)}.")
     sets = item.get("set") or []
     if isinstance(sets, dict):
-        sets = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in sets.items()]
+        sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sets.items()]
     if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
         raise Splat3dError(f'{where}: "set" must be a list of "KEY=VALUE" strings or an object of keys and values.')
     for key, kind in (("seed", int), ("steps", int), ("method", str), ("model", str), ("config", str), ("name", str)):
         if key in item and item[key] is not None and (not isinstance(item[key], kind) or isinstance(item[key], bool)):
             raise Splat3dError(f'{where}: "{key}" must be {"an integer" if kind is int else "a string"}.')
+    name = item.get("name") or ""
+    if name and (Path(name).name != name or name in (".", "..", STATUS_FILE) or name.startswith("summary.")
+                 or name == "index.html"):  # fmt: skip
+        raise Splat3dError(f'{where}: "name" must be a plain folder name inside the batch folder, got {name!r}.')
     return Job(
-        prompt=item["prompt"], name=item.get("name") or "",
+        prompt=item["prompt"], name=name,
         method=item.get("method", defaults.method), model=item.get("model", defaults.model),
         seed=item.get("seed", defaults.seed), steps=item.get("steps", defaults.steps),
         sets=[*defaults.sets, *sets], config=item.get("config", defaults.config), device=defaults.device,
@@ -109,6 +113,9 @@ def read_jobs(path: Path, defaults: Job) -> list[Job]:
     except (OSError, UnicodeDecodeError) as e:
         raise Splat3dError(f"Cannot read prompt file {path} ({e}); give a UTF-8 text file.") from None
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    from splat3d.priors import builtin_priors
+
+    builtins = builtin_priors()
     jobs: list[Job] = []
     for number, raw in enumerate(lines, 1):
         text = raw.strip()
@@ -117,6 +124,12 @@ def read_jobs(path: Path, defaults: Job) -> list[Job]:
         where = f"{path}:{number}"
         job = _job_from_json(text, where, defaults) if is_jsonl else Job(**{**asdict(defaults), "prompt": text})
         job.line = number
+        # Ray workers run elsewhere: a local file or folder the job names must not depend on this shell's
+        # folder. Preset and built-in prior names stay names (they take precedence over same-named paths).
+        if job.config and ("/" in job.config or job.config.endswith((".yaml", ".yml"))):
+            job.config = str(Path(job.config).expanduser().resolve())
+        if job.model and job.model not in builtins and Path(job.model).expanduser().exists():
+            job.model = str(Path(job.model).expanduser().resolve())
         if not job.prompt.strip():
             raise Splat3dError(f"{where} has an empty prompt; write what to generate, e.g. a red cube.")
         try:
@@ -246,17 +259,24 @@ class BatchState:
 
     def __init__(self, jobs: list[Job], root: Path):
         self.jobs, self.root = jobs, root
-        self.records = {j.name: read_status(root / j.name) for j in jobs}
-        self.skipped = [j.name for j in jobs if (self.records[j.name] or {}).get("status") == "done"]
+        self.since = time.time()
+        self.records: dict[str, dict] = {}
+        for job in jobs:
+            self.refresh(job.name)
+        self.skipped = [j.name for j in jobs if self.records[j.name].get("status") == "done"]
         self.started = time.perf_counter()
         self.finished_now = 0
 
     def refresh(self, name: str) -> dict:
-        self.records[name] = read_status(self.root / name)
-        return self.records[name] or {}
+        """The run's record on disk; one this batch has not touched yet counts as pending unless done."""
+        record = read_status(self.root / name) or {}
+        if record.get("status") != "done" and record.get("started", 0) < self.since:
+            record = {**record, "status": "pending"}  # failed, partial or killed earlier: it runs again
+        self.records[name] = record
+        return record
 
     def counts(self) -> dict:
-        status = [(r or {}).get("status", "pending") for r in self.records.values()]
+        status = [r.get("status", "pending") for r in self.records.values()]
         done, failed, running = status.count("done"), status.count("failed"), status.count("running")
         return {"done": done, "running": running, "failed": failed, "remaining": len(status) - done - failed}
 
@@ -276,11 +296,7 @@ def run_batch(
     """Run every job not done yet; returns the final state. Summaries are written even if interrupted."""
     root = ensure_writable_dir(root).resolve()
     state = BatchState(jobs, root)
-    todo = [j for j in jobs if j.name not in state.skipped]
-    for job in todo:  # a record left "running" by a killed batch is a partial run, resumed below
-        record = state.records[job.name]
-        if record and record.get("status") == "running":
-            record["status"] = "pending"
+    todo = [j for j in jobs if j.name not in state.skipped]  # a partial run resumes from its checkpoint
     on_update(state, None)
     try:
         if backend.kind == "ray":
@@ -289,7 +305,7 @@ def run_batch(
             _run_pool(todo, root, backend, state, on_update)
         else:
             for job in todo:
-                state.records[job.name] = {**(state.records[job.name] or {}), "status": "running"}
+                state.records[job.name] = {**state.records[job.name], "status": "running"}
                 on_update(state, None)
                 run = functools.partial(_run_with_retries, asdict(job), str(root), None, backend.retries)
                 _finish(state, job, run, on_update)
@@ -360,6 +376,13 @@ def _run_ray(todo: list[Job], root: Path, backend: Backend, state: BatchState, o
             cpus = int(backend.workers * backend.cpus_per_task) if backend.workers > 1 else os.cpu_count()
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
+        have = ray.cluster_resources()  # a task asking for more than any cluster has would wait forever
+        for what, need in (("CPU", backend.cpus_per_task), ("GPU", backend.gpus_per_task)):
+            if need > have.get(what, 0):
+                raise Splat3dError(
+                    f"Each task asks for {need:g} {what}s but the Ray cluster has {have.get(what, 0):g}; "
+                    f"lower --{what.lower()}s-per-task or add nodes that have them."
+                )
         task = ray.remote(run_job).options(
             num_cpus=backend.cpus_per_task, num_gpus=backend.gpus_per_task,
             max_retries=backend.retries, retry_exceptions=True,

@@ -51,6 +51,18 @@ def test_read_jobs_text_and_jsonl(tmp_path):
     assert cfg.guidance.lookahead_scale == 0.5 and cfg.steps == 3 and cfg.camera.render_size == 32
 
 
+def test_read_jobs_pins_local_paths_for_remote_workers(tmp_path, monkeypatch, prior_dir):
+    # A Ray task runs in another folder (or machine): relative paths must already be absolute.
+    monkeypatch.chdir(prior_dir.parent)
+    (tmp_path / "p.jsonl").write_text(
+        f'{{"prompt": "a red cube", "model": "{prior_dir.name}", "set": {{"init.path": null}}}}\n'
+        '{"prompt": "a blue cube", "model": "shapes"}\n'
+    )
+    jobs = read_jobs(tmp_path / "p.jsonl", Job(prompt=""))
+    assert jobs[0].model == str(prior_dir.resolve()) and jobs[1].model == "shapes"
+    assert jobs[0].sets == ["init.path=null"] and jobs[0].build_config().init.path is None
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
@@ -61,6 +73,8 @@ def test_read_jobs_text_and_jsonl(tmp_path):
         ('{"prompt": "a red cube", "set": ["guidance.lookahed_scale=1"]}\n', ["p.jsonl:1", "lookahead_scale"]),
         ('{"prompt": "a red cube", "seed": "one"}\n', ["p.jsonl:1", "integer"]),
         ("# nothing\n", ["no prompts"]),
+        ('{"prompt": "a red cube", "name": "../elsewhere"}\n', ["p.jsonl:1", "plain folder name"]),
+        ('{"prompt": "a red cube", "name": "summary.csv"}\n', ["p.jsonl:1", "plain folder name"]),
     ],
 )
 def test_read_jobs_rejects_bad_files_with_one_sentence(tmp_path, text, words):
@@ -93,6 +107,15 @@ def test_ray_flag_takes_an_optional_address():
 
 
 # ------------------------------------------------------------ Ray, failure, skip
+def test_ray_batch_refuses_tasks_the_cluster_cannot_place(prior_dir, tmp_path, capsys):
+    # A task asking for a GPU on a cluster without one would wait forever; say so instead.
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    args = ["batch", tmp_path / "p.txt", "--out", tmp_path / "out", "--model", prior_dir, "--steps", 2, *BATCH_SETS]
+    code, _, err = run_cli(capsys, *args, "--ray", "--gpus-per-task", 1)
+    assert code == 2 and "1 GPUs but the Ray cluster has 0" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "a-red-cube-s0").exists()
+
+
 def test_ray_batch_reports_a_failure_finishes_the_rest_and_skips_them_next_time(prior_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
