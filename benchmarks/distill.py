@@ -91,8 +91,9 @@ def mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    digits = 0 if abs(mean) >= 100 else 3  # counts and megabytes, or scores and seconds
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def report(results_dir: Path) -> None:
@@ -109,10 +110,11 @@ def report(results_dir: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
-    lines = ["| method | budget | runs | " + " | ".join(METRICS) + " | s/step | total s |",
-             "|---|---|---|" + "---|" * (len(METRICS) + 2)]  # fmt: skip
+    costs = ("seconds_per_step", "total_seconds", "peak_memory_mb", "gaussians")
+    lines = ["| method | budget | runs | " + " | ".join(METRICS) + " | s/step | total s | peak MB | Gaussians |",
+             "|---|---|---|" + "---|" * (len(METRICS) + len(costs))]  # fmt: skip
     for (method, budget), rs in sorted(groups.items()):
-        cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, "seconds_per_step", "total_seconds")]
+        cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, *costs)]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
