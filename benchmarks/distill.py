@@ -7,6 +7,7 @@ resumes where it stopped (finished runs are skipped).
 
     python benchmarks/distill.py                       # 12 prompts x 3 seeds x 4 methods x budgets 1x, 3x
     python benchmarks/distill.py --prompts 2 --seeds 0 --budgets 1   # a quick subset
+    python benchmarks/distill.py --seeds 0 --budgets 3 --prompt "a red house" --prompt "a green mug"
     python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
 """
@@ -39,6 +40,7 @@ SWEEP = {
     "-eta1": ["guidance.lookahead_scale=1.0"],
     "-last_layer": ["guidance.linear_term=last_layer"],
     "-finite_difference": ["guidance.linear_term=finite_difference"],
+    "-eta1-finite_difference": ["guidance.lookahead_scale=1.0", "guidance.linear_term=finite_difference"],
 }
 SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
 
@@ -113,7 +115,7 @@ def report(results_dir: Path) -> None:
     costs = ("seconds_per_step", "total_seconds", "peak_memory_mb", "gaussians")
     lines = ["| method | budget | runs | " + " | ".join(METRICS) + " | s/step | total s | peak MB | Gaussians |",
              "|---|---|---|" + "---|" * (len(METRICS) + len(costs))]  # fmt: skip
-    for (method, budget), rs in sorted(groups.items()):
+    for (method, budget), rs in sorted(groups.items(), key=lambda x: (METHODS.index(x[0][0]), x[0][1])):
         cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, *costs)]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
@@ -129,7 +131,7 @@ def report(results_dir: Path) -> None:
     fig.tight_layout()
     print("\n".join(lines))
     picture, shown = method_grid(results, results_dir)
-    if results_dir != RESULTS:  # a trial run: do not touch the docs
+    if results_dir.resolve() != RESULTS:  # a trial run: do not touch the docs
         fig.savefig(results_dir / "frontier.png", dpi=100)
         if picture is not None:
             save_png(picture, results_dir / "methods.png")
@@ -153,7 +155,8 @@ def report(results_dir: Path) -> None:
             "distill_sweep",
             "## L2-VSD's lookahead scale and linear term\n\n"
             f"`python benchmarks/distill.py --sweep` on {machine()}: {', '.join(SWEEP_PROMPTS)}; seed 0, 1x budget, "
-            "cpu preset. eta 0.1 / exact is the default l2vsd run of the table above; vsd is eta 0. "
+            "cpu preset. eta 0.1 / exact is the l2vsd run of the table above (the default when it ran); "
+            "vsd is eta 0. "
             "Mean ± std over the prompts.\n\n" + sweep,
         )
 
@@ -163,7 +166,8 @@ def sweep_table(results: list[dict]) -> str:
     variants = ["vsd", "l2vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
     if not any(r["method"] != "l2vsd" and r["method"].startswith("l2vsd") for r in rows):
         return ""
-    label = {"vsd": "vsd (eta 0)", "l2vsd": "l2vsd (eta 0.1, exact: default)"}
+    label = {"vsd": "vsd (eta 0)", "l2vsd": "l2vsd (eta 0.1, exact: the main table's runs)",
+             "l2vsd-eta1": "l2vsd-eta1 (exact: the default since this sweep)"}  # fmt: skip
     lines = ["| variant | runs | " + " | ".join(METRICS) + " | s/step |", "|---|---|" + "---|" * (len(METRICS) + 1)]
     for v in variants:
         rs = [r for r in rows if r["method"] == v]
@@ -198,6 +202,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1,3", help="multiples of the cpu preset's steps")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--prompts", type=int, default=0, help="use only the first N prompts (0: all)")
+    parser.add_argument("--prompt", action="append", default=[], help="use only this prompt (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     parser.add_argument("--tag", default="", help="suffix for the method name (sweeps)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
@@ -217,7 +222,9 @@ def main() -> None:
                     path.write_text(json.dumps(result, indent=1))
                     print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
         return
-    prompts = load_prompts()[: args.prompts or None]
+    prompts = [p for p in load_prompts()[: args.prompts or None] if not args.prompt or p in args.prompt]
+    if not prompts:
+        raise SystemExit(f"none of {args.prompt} is in {PROMPTS}")
     args.results.mkdir(parents=True, exist_ok=True)
     for budget in (int(b) for b in args.budgets.split(",")):
         for prompt in prompts:
