@@ -54,8 +54,8 @@ class GuidanceConfig:
     """AdamW learning rate of the LoRA and camera embedding."""
     camera_condition_drop: float = 0.1
     """Fraction of LoRA training samples whose camera is zeroed."""
-    lookahead_scale: float = 0.1
-    """L2-VSD's eta: the lookahead direction is -eta * grad of the LoRA loss."""
+    lookahead_scale: float = 1.0
+    """L2-VSD's eta: the lookahead direction is -eta * grad of the LoRA loss (1.0: the method benchmark's pick)."""
     linear_term: str = "exact"
     """L2-VSD's linear term: exact (forward-mode jvp), last_layer, finite_difference."""
     finite_difference_step: float = 0.1
