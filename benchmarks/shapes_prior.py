@@ -1,12 +1,13 @@
 """How good is the shapes prior in 2D? Its own samples, judged by the evaluator's classifier.
 
 For every (colour, kind) of the world and every phrasing (plain, front,
-side, back, overhead view), draws --samples DDIM samples (50 steps, at the CFG scale the prior recommends)
+side, back, overhead view), draws --samples DDIM samples (50 steps, at the CFG scale and DDIM eta the prior recommends)
 and classifies them. Reports colour, kind and joint accuracy overall and per
 phrasing, writes benchmarks/results/shapes_prior.json, a picture of one
 sample per object, and a table in docs/benchmarks.md.
 
-    python benchmarks/shapes_prior.py [--model shapes] [--samples 1] [--steps 50] [--guidance-scale G]
+    python benchmarks/shapes_prior.py [--model shapes] [--samples 1] [--steps 50] [--guidance-scale G] [--eta E]
+                                      [--seed S]
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: what the prior recommends")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM eta; default: what the prior recommends")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the first batch of samples")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -44,13 +47,15 @@ def main() -> None:
     prior = load_prior(args.model, "cpu")
     if args.guidance_scale is None:
         args.guidance_scale = prior.sample_guidance_scale
+    if args.eta is None:
+        args.eta = prior.sample_eta
     classifier = load_classifier(builtin_priors().get(args.model) or Path(args.model))
     objects = [(c, k) for c in COLOURS for k in KINDS]
     prompts = [(c, k, p) for p in PHRASINGS for c, k in objects for _ in range(args.samples)]
     t0 = time.perf_counter()
     images = torch.cat([
         sample_images(prior, [f"a {c} {k}{p}" for c, k, p in prompts[i : i + 120]], args.steps, args.guidance_scale,
-                      seed=i)
+                      seed=args.seed + i, eta=args.eta)
         for i in range(0, len(prompts), 120)
     ])  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -66,7 +71,8 @@ def main() -> None:
     per_kind = {k: both[[i for i, x in enumerate(prompts) if x[1] == k]].float().mean().item() for k in KINDS}
     result = {
         "machine": machine(), "model": args.model, "samples": len(prompts), "ddim_steps": args.steps,
-        "guidance_scale": args.guidance_scale, "seconds": seconds, "colour_accuracy": colour_ok.float().mean().item(),
+        "guidance_scale": args.guidance_scale, "eta": args.eta, "seed": args.seed, "seconds": seconds,
+        "colour_accuracy": colour_ok.float().mean().item(),
         "kind_accuracy": kind_ok.float().mean().item(), "accuracy": both.float().mean().item(),
         "per_phrasing": per_phrasing, "per_kind": per_kind,
     }  # fmt: skip
@@ -80,7 +86,8 @@ def main() -> None:
             "shapes_prior",
             "## The shapes prior in 2D\n\n"
             f"`python benchmarks/shapes_prior.py` on {machine()}: {len(prompts)} DDIM samples ({args.steps} steps, "
-            f"CFG {args.guidance_scale}), every colour x kind x phrasing, judged by the evaluator's classifier "
+            f"CFG {args.guidance_scale}, eta {args.eta}), every colour x kind x phrasing, judged by the evaluator's "
+            "classifier "
             f"({seconds:.0f} s).\n\n"
             f"| | colour | kind | both |\n|---|---|---|---|\n| all | {result['colour_accuracy']:.3f} | "
             f"{result['kind_accuracy']:.3f} | {result['accuracy']:.3f} |\n\n"

@@ -546,6 +546,9 @@ def prior_sample(
     guidance_scale: Optional[float] = typer.Option(
         None, help="Classifier-free guidance scale (default: what the prior recommends; 7.5 if it says nothing)."
     ),
+    eta: Optional[float] = typer.Option(
+        None, help="DDIM eta: 0 deterministic, 1 stochastic (default: what the prior recommends; 0 if it says nothing)."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
@@ -561,12 +564,14 @@ def prior_sample(
         raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')
     if not 1 <= n <= 256 or not 1 <= steps <= 1000:
         raise Splat3dError("--n must be 1..256 and --steps 1..1000.")
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise Splat3dError(f"--eta must be between 0 and 1, not {eta}.")
     ensure_writable_dir(out.parent)
     prior = load_prior(model, resolve_device(device))
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
         task = progress.add_task("sample", total=steps)
         scale = prior.sample_guidance_scale if guidance_scale is None else guidance_scale
-        images = sample_images(prior, [prompt] * n, steps, scale, seed,
+        images = sample_images(prior, [prompt] * n, steps, scale, seed, eta=eta,
                                progress=lambda: progress.advance(task))  # fmt: skip
     save_png(grid([to_uint8(img) for img in images], columns=min(n, 8)), out)
     console.print(f"wrote {out} ({n} samples of {prompt!r} from {model})")

@@ -19,10 +19,16 @@ def sample_images(
     seed: int = 0,
     negative_prompt: str = "",
     progress=None,
+    eta: float | None = None,
 ) -> Tensor:
-    """Images [N, 3, H, W] in [0, 1], one per prompt."""
+    """Images [N, 3, H, W] in [0, 1], one per prompt.
+
+    eta is DDIM's stochasticity (0: deterministic DDIM, 1: DDPM's variance); None takes what the prior
+    recommends (`prior.sample_eta`). The timestep spacing comes from the prior's scheduler config.
+    """
     from diffusers import DDIMScheduler
 
+    eta = prior.sample_eta if eta is None else eta
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
     scheduler.set_timesteps(steps)
     n = len(prompts)
@@ -37,7 +43,7 @@ def sample_images(
         out = prior.unet_output(torch.cat([z, z]), t_batch, text)
         cond, uncond = out.chunk(2)
         # CFG on the raw output is the same for epsilon and v prediction (both are linear in it).
-        z = scheduler.step(uncond + guidance_scale * (cond - uncond), t, z).prev_sample
+        z = scheduler.step(uncond + guidance_scale * (cond - uncond), t, z, eta=eta, generator=g).prev_sample
         if progress:
             progress()
     return prior.decode(z)

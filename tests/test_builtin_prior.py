@@ -28,14 +28,23 @@ def test_shapes_prior_samples_the_right_colour():
         assert (predicted == list(COLOURS).index(colour)).sum() >= 3, colour
 
 
-def test_shapes_prior_recommends_its_guidance_scale_and_draws_the_right_kind_with_it():
-    # Stronger CFG collapses this prior's kinds toward cubes (docs/shapes.md), so it says what to use.
+def test_shapes_prior_recommends_its_sampler_and_draws_the_right_kind_with_it():
+    # Stronger CFG collapses this prior's kinds toward cubes, and deterministic DDIM turns cones into cylinders
+    # (docs/shapes.md), so the prior says how to sample it.
     prior = load_prior("shapes", device="cpu")
-    assert prior.sample_guidance_scale == 1.5
+    assert prior.sample_guidance_scale == 1.5 and prior.sample_eta == 1.0
     classifier = load_classifier(builtin_priors()["shapes"])
-    for kind in ("sphere", "torus"):
+    for kind in ("cone", "torus"):
         images = sample_images(prior, [f"a green {kind}"] * 4, steps=50, guidance_scale=prior.sample_guidance_scale,
                                seed=2)  # fmt: skip
         with torch.no_grad():
             predicted = classifier(images)["kind"].argmax(1)
         assert (predicted == KINDS.index(kind)).sum() >= 3, kind
+
+
+def test_stochastic_ddim_is_reproducible_from_its_seed():
+    prior = load_prior("shapes", device="cpu")
+    a, b, c = (sample_images(prior, ["a red mug"] * 2, steps=5, guidance_scale=1.5, seed=s, eta=1.0) for s in (3, 3, 4))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    deterministic = sample_images(prior, ["a red mug"] * 2, steps=5, guidance_scale=1.5, seed=3, eta=0.0)
+    assert not torch.allclose(a, deterministic)  # eta really reaches the scheduler

@@ -90,6 +90,8 @@ def test_prior_sample_cli(tiny_priors, tmp_path, capsys):
     assert iio.imread(out).shape[2] == 3
     code, _, err = run_cli(capsys, "prior", "sample", " ", "--out", out)
     assert code == 2 and "empty" in err
+    code, _, err = run_cli(capsys, "prior", "sample", "a red cube", "--eta", 1.5, "--out", tmp_path / "x.png")
+    assert code == 2 and "--eta must be between 0 and 1" in err and not (tmp_path / "x.png").exists()
 
 
 @pytest.fixture(scope="module")

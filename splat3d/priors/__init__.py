@@ -64,6 +64,8 @@ class DiffusionPrior:
     # The CFG scale its own 2D samples look best at, if it says (the shapes prior: 1.5, measured by
     # benchmarks/shapes_prior.py); 7.5 is diffusers' Stable Diffusion default.
     sample_guidance_scale: float = 7.5
+    # DDIM's eta for those samples (0, diffusers' default, unless the prior says; the shapes prior: 1).
+    sample_eta: float = 0.0
     _text_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -258,6 +260,7 @@ def load_prior(
         folder=folder,
         vocabulary=own.get("vocabulary"),
         sample_guidance_scale=float(own.get("sample_guidance_scale", 7.5)),
+        sample_eta=float(own.get("sample_eta", 0.0)),
     )
 
 
