@@ -33,10 +33,12 @@ PROMPTS = ROOT / "benchmarks" / "prompts.txt"
 METHODS = ("sds", "vsd", "lvsd", "l2vsd")
 METRICS = ("prompt_accuracy", "iou", "colour_error", "view_consistency")
 # The sweep (--sweep): L2-VSD's eta and linear-term variants on a subset (seed 0, 1x budget).
-# eta 0.1 with the exact term is the default l2vsd run of the main benchmark, and vsd is eta 0.
+# vsd is eta 0; eta 1 with the exact term is the default (configs/l2vsd.yaml) since this sweep, so "-eta1" is
+# the same run as the main benchmark's l2vsd. Its first runs were at eta 0.1, the default before: "-eta0.1".
 SWEEP = {
     "-eta0.001": ["guidance.lookahead_scale=0.001"],
     "-eta0.01": ["guidance.lookahead_scale=0.01"],
+    "-eta0.1": ["guidance.lookahead_scale=0.1"],
     "-eta1": ["guidance.lookahead_scale=1.0"],
     "-last_layer": ["guidance.linear_term=last_layer"],
     "-finite_difference": ["guidance.linear_term=finite_difference"],
@@ -82,6 +84,7 @@ def run_one(
     return {
         "run": name, "method": method + tag, "budget": budget, "prompt": prompt, "seed": seed,
         "steps": cfg.steps, "overrides": overrides,
+        "lookahead_scale": cfg.guidance.lookahead_scale, "linear_term": cfg.guidance.linear_term,
         "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
         "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
         "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
@@ -118,6 +121,7 @@ def report(results_dir: Path) -> None:
     for (method, budget), rs in sorted(groups.items(), key=lambda x: (METHODS.index(x[0][0]), x[0][1])):
         cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, *costs)]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
+    paired = paired_table(results)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
         for method in sorted({m for m, _ in groups}):
@@ -145,7 +149,10 @@ def report(results_dir: Path) -> None:
         f"`python benchmarks/distill.py` then `--report`, on {machine()}; {len(results)} runs, prompts in "
         "benchmarks/prompts.txt, the cpu preset for every method. Mean ± std over prompts and seeds.\n\n"
         + "\n".join(lines)
-        + "\n\n![quality per second](distill_frontier.png)\n"
+        + "\n\nPaired with VSD (the same prompt, seed and budget; mean difference ± standard error over the pairs; "
+        + "positive: better than VSD for accuracy and IoU, worse for colour error):\n\n"
+        + paired
+        + "\n![quality per second](distill_frontier.png)\n"
         + f"\nThe same prompts ({'; '.join(shown)}; seed 0, 1x budget), one row per method "
         + f"({', '.join(m for m in METHODS if any(r['method'] == m for r in results))}), 4 turntable frames each:\n\n"
         + "![turntable frames per method](distill_methods.png)\n",
@@ -155,18 +162,38 @@ def report(results_dir: Path) -> None:
             "distill_sweep",
             "## L2-VSD's lookahead scale and linear term\n\n"
             f"`python benchmarks/distill.py --sweep` on {machine()}: {', '.join(SWEEP_PROMPTS)}; seed 0, 1x budget, "
-            "cpu preset. eta 0.1 / exact is the l2vsd run of the table above (the default when it ran); "
-            "vsd is eta 0. "
+            "cpu preset. vsd is eta 0; eta 1 / exact is the default, the l2vsd runs of the table above. "
             "Mean ± std over the prompts.\n\n" + sweep,
         )
 
 
+def paired_table(results: list[dict], reference: str = "vsd") -> str:
+    """Each method minus the reference on the same (prompt, seed, budget): the spread over prompts cancels."""
+    ref = {(r["prompt"], r["seed"], r["budget"]): r for r in results if r["method"] == reference}
+    lines = ["| method | budget | pairs | " + " | ".join(f"Δ {m}" for m in METRICS[:3]) + " |",
+             "|---|---|---|" + "---|" * 3]  # fmt: skip
+    for method in (m for m in METHODS if m != reference):
+        for budget in sorted({r["budget"] for r in results}):
+            pairs = [(r, ref[key]) for r in results if r["method"] == method and r["budget"] == budget
+                     and (key := (r["prompt"], r["seed"], r["budget"])) in ref]  # fmt: skip
+            if not pairs:
+                continue
+            cells = []
+            for m in METRICS[:3]:
+                d = [a[m] - b[m] for a, b in pairs]
+                se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+                cells.append(f"{statistics.mean(d):+.3f} ± {se:.3f}")
+            lines.append(f"| {method} | {budget}x | {len(pairs)} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
 def sweep_table(results: list[dict]) -> str:
     rows = [r for r in results if r["prompt"] in SWEEP_PROMPTS and r["seed"] == 0 and r["budget"] == 1]
-    variants = ["vsd", "l2vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
+    variants = ["vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
     if not any(r["method"] != "l2vsd" and r["method"].startswith("l2vsd") for r in rows):
         return ""
-    label = {"vsd": "vsd (eta 0)", "l2vsd": "l2vsd (eta 0.1, exact: the main table's runs)",
+    label = {"vsd": "vsd (eta 0)", "l2vsd-eta0.1": "l2vsd-eta0.1 (exact: the default before this sweep)",
              "l2vsd-eta1": "l2vsd-eta1 (exact: the default since this sweep)"}  # fmt: skip
     lines = ["| variant | runs | " + " | ".join(METRICS) + " | s/step |", "|---|---|" + "---|" * (len(METRICS) + 1)]
     for v in variants:
