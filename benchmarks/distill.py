@@ -10,6 +10,15 @@ resumes where it stopped (finished runs are skipped).
     python benchmarks/distill.py --seeds 0 --budgets 3 --prompt "a red house" --prompt "a green mug"
     python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
+
+On 2 cores, two one-thread runs side by side finish sooner than one run after
+another with two threads (small tensors leave the second thread idle much of
+the time):
+
+    python benchmarks/distill.py --budgets 3 --jobs 2
+
+Runs made that way record `jobs: 2`; their times are not those of a machine to
+themselves, so the report's time columns and frontier leave them out.
 """
 
 from __future__ import annotations
@@ -57,8 +66,18 @@ def run_id(method: str, budget: int, prompt: str, seed: int, tag: str = "") -> s
 
 
 def run_one(
-    model: str, method: str, budget: int, prompt: str, seed: int, overrides: list[str], tag: str, results: Path
+    model: str,
+    method: str,
+    budget: int,
+    prompt: str,
+    seed: int,
+    overrides: list[str],
+    tag: str,
+    results: Path,
+    jobs: int = 1,
 ) -> dict:
+    import torch
+
     from splat3d.config import build_config
     from splat3d.media import grid, save_png
     from splat3d.priors import builtin_priors
@@ -89,6 +108,7 @@ def run_one(
         "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
         "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
         "total_seconds": wall, "peak_memory_mb": rows[-1]["peak_memory_mb"], "gaussians": rows[-1]["n_gaussians"],
+        "threads": torch.get_num_threads(), "jobs": jobs,
     }  # fmt: skip
 
 
@@ -115,19 +135,23 @@ def report(results_dir: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
-    costs = ("seconds_per_step", "total_seconds", "peak_memory_mb", "gaussians")
-    lines = ["| method | budget | runs | " + " | ".join(METRICS) + " | s/step | total s | peak MB | Gaussians |",
-             "|---|---|---|" + "---|" * (len(METRICS) + len(costs))]  # fmt: skip
+    costs = ("peak_memory_mb", "gaussians")
+    header = " | s/step | total s | timed runs | peak MB | Gaussians |"
+    lines = ["| method | budget | runs | " + " | ".join(METRICS) + header]
+    lines.append("|---|---|---|" + "---|" * (len(METRICS) + 5))
     for (method, budget), rs in sorted(groups.items(), key=lambda x: (METHODS.index(x[0][0]), x[0][1])):
-        cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, *costs)]
+        timed = [r for r in rs if alone(r)]
+        cells = [mean_std([r[m] for r in rs]) for m in METRICS]
+        cells += [mean_std([r[m] for r in timed]) for m in ("seconds_per_step", "total_seconds")] + [str(len(timed))]
+        cells += [mean_std([r[m] for r in rs]) for m in costs]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
     paired = paired_table(results)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
         for method in sorted({m for m, _ in groups}):
-            pts = sorted((statistics.mean(r["total_seconds"] for r in rs),
+            pts = sorted((statistics.mean(r["total_seconds"] for r in rs if alone(r)),
                           statistics.mean([r[metric] for r in rs if r[metric] is not None] or [float("nan")]))
-                         for (m, _), rs in groups.items() if m == method)  # fmt: skip
+                         for (m, _), rs in groups.items() if m == method and any(map(alone, rs)))  # fmt: skip
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xlabel("wall-clock seconds per run")
         ax.set_title(metric)
@@ -147,7 +171,9 @@ def report(results_dir: Path) -> None:
         "distill",
         "## Method benchmark on the shapes world\n\n"
         f"`python benchmarks/distill.py` then `--report`, on {machine()}; {len(results)} runs, prompts in "
-        "benchmarks/prompts.txt, the cpu preset for every method. Mean ± std over prompts and seeds.\n\n"
+        "benchmarks/prompts.txt, the cpu preset for every method. Mean ± std over prompts and seeds. "
+        "Times (s/step, total s, and the frontier's x axis) come only from the runs that had the machine to "
+        'themselves ("timed runs"); the rest ran two at a time with one thread each (`--jobs 2`).\n\n'
         + "\n".join(lines)
         + "\n\nPaired with VSD (the same prompt, seed and budget; mean difference ± standard error over the pairs; "
         + "positive: better than VSD for accuracy and IoU, worse for colour error):\n\n"
@@ -165,6 +191,11 @@ def report(results_dir: Path) -> None:
             "cpu preset. vsd is eta 0; eta 1 / exact is the default, the l2vsd runs of the table above. "
             "Mean ± std over the prompts.\n\n" + sweep,
         )
+
+
+def alone(result: dict) -> bool:
+    """Whether the run had the machine to itself (not one of several --jobs): its times count."""
+    return result.get("jobs", 1) == 1
 
 
 def paired_table(results: list[dict], reference: str = "vsd") -> str:
@@ -235,7 +266,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (times not kept)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     if args.report:
         report(args.results)
         return
@@ -253,16 +287,36 @@ def main() -> None:
     if not prompts:
         raise SystemExit(f"none of {args.prompt} is in {PROMPTS}")
     args.results.mkdir(parents=True, exist_ok=True)
-    for budget in (int(b) for b in args.budgets.split(",")):
-        for prompt in prompts:
-            for seed in (int(s) for s in args.seeds.split(",")):
-                for method in args.methods.split(","):
-                    path = args.results / f"{run_id(method, budget, prompt, seed, args.tag)}.json"
-                    if path.exists():
-                        continue  # finished earlier: the benchmark resumes
-                    result = run_one(args.model, method, budget, prompt, seed, args.set, args.tag, args.results)
-                    path.write_text(json.dumps(result, indent=1))
-                    print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
+    pending = [(args.model, method, budget, prompt, seed, args.set, args.tag, args.results, args.jobs)
+               for budget in (int(b) for b in args.budgets.split(","))
+               for seed in (int(s) for s in args.seeds.split(","))  # a whole seed first: a cut-short benchmark
+               for prompt in prompts  # still covers every prompt
+               for method in args.methods.split(",")
+               if not (args.results / f"{run_id(method, budget, prompt, seed, args.tag)}.json").exists()]  # fmt: skip
+    print(f"{len(pending)} runs to go", flush=True)  # finished ones are skipped: the benchmark resumes
+    if args.jobs == 1:
+        for job in pending:
+            finish(job)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=one_thread) as pool:
+        for _ in pool.imap_unordered(finish, pending):
+            pass
+
+
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def finish(job: tuple) -> None:
+    """Run one benchmark job and write its result file (the file is what marks it finished)."""
+    model, method, budget, prompt, seed, overrides, tag, results, jobs = job
+    result = run_one(model, method, budget, prompt, seed, overrides, tag, results, jobs)
+    (results / f"{result['run']}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
 
 
 if __name__ == "__main__":
