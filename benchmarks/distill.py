@@ -146,6 +146,7 @@ def report(results_dir: Path) -> None:
         cells += [mean_std([r[m] for r in rs]) for m in costs]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
     paired = paired_table(results)
+    budgets = budget_table(results)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
         for method in sorted({m for m, _ in groups}):
@@ -178,6 +179,9 @@ def report(results_dir: Path) -> None:
         + "\n\nPaired with VSD (the same prompt, seed and budget; mean difference ± standard error over the pairs; "
         + "positive: better than VSD for accuracy and IoU, worse for colour error):\n\n"
         + paired
+        + "\nWhat 3x the steps buys: each method's 3x run minus its 1x run of the same prompt and seed "
+        + "(mean ± standard error over the pairs):\n\n"
+        + budgets
         + "\n![quality per second](distill_frontier.png)\n"
         + f"\nThe same prompts ({'; '.join(shown)}; seed 0, 1x budget), one row per method "
         + f"({', '.join(m for m in METHODS if any(r['method'] == m for r in results))}), 4 turntable frames each:\n\n"
@@ -198,6 +202,30 @@ def alone(result: dict) -> bool:
     return result.get("jobs", 1) == 1
 
 
+def differences(pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Mean ± standard error of a - b over the pairs, for accuracy, IoU and colour error."""
+    cells = []
+    for m in METRICS[:3]:
+        d = [a[m] - b[m] for a, b in pairs]
+        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+        cells.append(f"{statistics.mean(d):+.3f} ± {se:.3f}")
+    return cells
+
+
+def budget_table(results: list[dict], low: int = 1, high: int = 3) -> str:
+    """Each method's high-budget run minus its low-budget run of the same prompt and seed."""
+    runs = {(r["method"], r["prompt"], r["seed"], r["budget"]): r for r in results}
+    lines = ["| method | pairs | " + " | ".join(f"Δ {m}" for m in METRICS[:3]) + " |", "|---|---|" + "---|" * 3]
+    for method in METHODS:
+        pairs = [(r, runs[key]) for (m, p, s, b), r in runs.items()
+                 if m == method and b == high and (key := (m, p, s, low)) in runs]  # fmt: skip
+        if not pairs:
+            continue
+        lines.append(f"| {method} | {len(pairs)} | " + " | ".join(differences(pairs)) + " |")
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
 def paired_table(results: list[dict], reference: str = "vsd") -> str:
     """Each method minus the reference on the same (prompt, seed, budget): the spread over prompts cancels."""
     ref = {(r["prompt"], r["seed"], r["budget"]): r for r in results if r["method"] == reference}
@@ -209,12 +237,7 @@ def paired_table(results: list[dict], reference: str = "vsd") -> str:
                      and (key := (r["prompt"], r["seed"], r["budget"])) in ref]  # fmt: skip
             if not pairs:
                 continue
-            cells = []
-            for m in METRICS[:3]:
-                d = [a[m] - b[m] for a, b in pairs]
-                se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
-                cells.append(f"{statistics.mean(d):+.3f} ± {se:.3f}")
-            lines.append(f"| {method} | {budget}x | {len(pairs)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method} | {budget}x | {len(pairs)} | " + " | ".join(differences(pairs)) + " |")
     print("\n".join(lines))
     return "\n".join(lines) + "\n"
 
