@@ -300,11 +300,8 @@ def main() -> None:
         args.results.mkdir(parents=True, exist_ok=True)
         for prompt in SWEEP_PROMPTS:
             for tag, overrides in SWEEP.items():
-                path = args.results / f"{run_id('l2vsd', 1, prompt, 0, tag)}.json"
-                if not path.exists():
-                    result = run_one(args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results)
-                    path.write_text(json.dumps(result, indent=1))
-                    print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
+                if not (args.results / f"{run_id('l2vsd', 1, prompt, 0, tag)}.json").exists():
+                    finish((args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results, 1))
         return
     prompts = [p for p in load_prompts()[: args.prompts or None] if not args.prompt or p in args.prompt]
     if not prompts:
