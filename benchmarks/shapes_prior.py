@@ -3,8 +3,9 @@
 For every (colour, kind) of the world and every phrasing (plain, front,
 side, back, overhead view), draws --samples DDIM samples (50 steps, at the
 CFG scale and DDIM eta the prior recommends) and classifies them. Reports
-colour, kind and joint accuracy overall and per phrasing, writes benchmarks/results/shapes_prior.json, a picture of one
-sample per object, and a table in docs/benchmarks.md.
+colour, kind and joint accuracy overall and per phrasing, writes
+benchmarks/results/shapes_prior.json, a picture of one sample per object,
+and a table in docs/benchmarks.md.
 
     python benchmarks/shapes_prior.py [--model shapes] [--samples 1] [--steps 50] [--guidance-scale G] [--eta E]
                                       [--seed S]
