@@ -10,7 +10,9 @@ config is written to every run folder as config.yaml, and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -169,8 +171,8 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e)
         raise _unknown_key(str(key), where) from None
-    except OmegaConfBaseException as e:
-        msg = str(e).splitlines()[0]
+    except (OmegaConfBaseException, TypeError, ValueError) as e:  # OmegaConf raises the last two for shape clashes
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise Splat3dError(f"Bad value in {where}: {msg}; check the type of that setting.") from None
 
 
@@ -218,12 +220,19 @@ def build_config(
         key, value = item.split("=", 1)
         try:
             layers.append((OmegaConf.from_dotlist([f"{key.strip()}={value}"]), f"--set {item}"))
-        except OmegaConfBaseException as e:
-            raise Splat3dError(f"--set {item!r} cannot be parsed ({str(e).splitlines()[0]}).") from None
-    explicit = {k.replace("__", "."): v for k, v in options.items() if v is not None}
+        except Exception as e:  # noqa: BLE001 - OmegaConf and the YAML parser under it raise many types
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise Splat3dError(f"--set {item!r} cannot be parsed ({reason}); write KEY=VALUE in YAML syntax.") from None
+    explicit: dict = {}
+    for name, value in options.items():  # values go in as they are, never through YAML text
+        if value is not None:
+            *parents, leaf = name.split("__")
+            node = explicit
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
     if explicit:
-        dotlist = [f"{k}={_yaml_value(v)}" for k, v in explicit.items()]
-        layers.append((OmegaConf.from_dotlist(dotlist), "the command-line options"))
+        layers.append((OmegaConf.create(_literal(explicit)), "the command-line options"))
 
     def merged(first_layers):
         cfg = OmegaConf.structured(RunConfig)
@@ -243,7 +252,10 @@ def build_config(
         cpu_preset = preset_dir() / "cpu.yaml"
         base.append((load_yaml(cpu_preset), str(cpu_preset)))
     cfg = merged(base)
-    run: RunConfig = OmegaConf.to_object(cfg)
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # e.g. an interpolation that points nowhere: steps: ${nope}
+        raise Splat3dError(f"Cannot resolve the settings ({str(e).splitlines()[0]}); check the values.") from None
     validate(run)
     return run
 
@@ -254,14 +266,21 @@ def _runs_on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
-def _yaml_value(v: Any) -> str:
-    if isinstance(v, str):
-        return "'" + v.replace("'", "''") + "'"
-    return str(v)
+def _literal(value: Any) -> Any:
+    """Escape OmegaConf interpolations in strings, so a prompt like "a ${x}" stays exactly that."""
+    if isinstance(value, str):
+        # OmegaConf's grammar: "\${" is a literal "${"; backslashes right before it are doubled to stay literal.
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    return value
 
 
 def to_yaml(config: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
+    """The resolved config as YAML; reading it back gives the same values (strings stay literal)."""
+    return OmegaConf.to_yaml(OmegaConf.create(_literal(dataclasses.asdict(config))))
 
 
 def from_yaml_text(text: str) -> RunConfig:
