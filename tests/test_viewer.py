@@ -28,9 +28,12 @@ def free_port() -> int:
 
 
 def start_view(path, port):
+    # SIGINT back to its default in the child: a test run started in the background (where the shell
+    # ignores SIGINT, and children inherit that) must still stop the viewer with Ctrl-C.
     proc = subprocess.Popen(
         [sys.executable, "-m", "splat3d_cli", "view", str(path), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline:
