@@ -11,10 +11,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from splat3d import __version__
 from splat3d.errors import Splat3dError
-from splat3d.fileio import ensure_writable_dir, slug
+from splat3d.fileio import FolderLock, ensure_writable_dir, slug
 
 app = typer.Typer(
     name="splat3d",
@@ -23,8 +24,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # one message, one line
+# Markup off: paths, prompts, keys and values print verbatim ("run[2]/", "[red]x[/red]"); a coloured
+# label goes through labelled(), never through markup in a string.
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # one message, one line
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, then ``message`` exactly as given."""
+    return Text.assemble((label, style), " ", message)
 
 
 def _version(value: bool):
@@ -41,7 +49,7 @@ def _root(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(labelled("warning:", "yellow", str(message)))
 
 
 def main() -> None:
@@ -50,7 +58,11 @@ def main() -> None:
     try:
         app(args=_optional_ray_value(sys.argv[1:]))
     except Splat3dError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        err_console.print(labelled("error:", "red", str(e)))
+        sys.exit(2)
+    except OSError as e:  # a file the library did not expect to fail (permissions, a vanished path)
+        where = f" {e.filename}" if e.filename else ""
+        err_console.print(labelled("error:", "red", f"Cannot access{where} ({e.strerror or e}); check the path."))
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -223,10 +235,8 @@ def generate(
     port: int = typer.Option(8080, "--port", help="Port of the --viewer."),
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from splat3d.config import build_config
-    from splat3d.train import NonFiniteRun, RunInterrupted, Trainer, check_run_folder, prepare_run_folder
+    from splat3d.train import Trainer, check_run_folder, prepare_run_folder
 
     if resume is not None:
         if prompt or config or set_ or method or model or init or overwrite or seed is not None or out:
@@ -235,8 +245,7 @@ def generate(
             )
         if steps is not None and steps <= 0:
             raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
-        trainer = Trainer.resume(resume, steps=steps, device=device)
-        run_dir = resume
+        run_dir, cfg = resume, None
     else:
         if prompt is None and config is None:
             raise Splat3dError('Give a prompt, e.g. splat3d generate "a red cube" (or --config RUN/config.yaml).')
@@ -247,27 +256,37 @@ def generate(
         if init is not None and not init.is_file():
             raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
         run_dir = out or Path("runs") / slug(cfg.prompt.prompt)
-        check_run_folder(run_dir, overwrite)
-        if cfg.model == "auto":
-            from splat3d.priors import default_model
-            from splat3d.render import resolve_device
+    # One live process per run folder, held from the first look at the folder to the last file written.
+    hint = "before resuming it" if cfg is None else "or choose another --out"
+    with FolderLock(run_dir, "splat3d generate", hint=hint):
+        if cfg is None:
+            trainer = Trainer.resume(resume, steps=steps, device=device)
+        else:
+            check_run_folder(run_dir, overwrite)
+            if cfg.model == "auto":
+                from splat3d.priors import default_model
+                from splat3d.render import resolve_device
 
-            cfg.model = default_model(resolve_device(cfg.device))
-            if cfg.model == "shapes":
-                err_console.print(
-                    "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "
-                    "choose another model with --model (a hub id or a local diffusers folder).",
-                    highlight=False,
-                )
-        trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
-        prepare_run_folder(run_dir, overwrite)
+                cfg.model = default_model(resolve_device(cfg.device))
+                if cfg.model == "shapes":
+                    err_console.print(
+                        "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "
+                        "choose another model with --model (a hub id or a local diffusers folder)."
+                    )
+            trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
+            prepare_run_folder(run_dir, overwrite)
+        _train(trainer, run_dir, quiet, viewer, port)
+
+
+def _train(trainer, run_dir: Path, quiet: bool, viewer: bool, port: int) -> None:
+    """Run a trainer to its last step with a progress bar (and the live view)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from splat3d.train import NonFiniteRun, RunInterrupted
 
     cfg = trainer.config
     if not quiet:
-        err_console.print(
-            f'splat3d {cfg.method} · {cfg.model} · {trainer.device} · "{cfg.prompt.prompt}" -> {run_dir}',
-            highlight=False,
-        )
+        err_console.print(f'splat3d {cfg.method} · {cfg.model} · {trainer.device} · "{cfg.prompt.prompt}" -> {run_dir}')
     columns = (
         TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]:>6} it/s"),
         TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4g}  {task.fields[gaussians]:,} Gaussians"),
@@ -277,7 +296,7 @@ def generate(
         from splat3d.viewer import LiveViewer, SplatViewer
 
         live = LiveViewer(SplatViewer("127.0.0.1", port))
-        err_console.print(f"live view at {live.viewer.url}", highlight=False)
+        err_console.print(f"live view at {live.viewer.url}")
     with Progress(*columns, console=err_console, disable=quiet, transient=False) as progress:
         task = progress.add_task("generate", total=cfg.steps, completed=trainer.step, loss=float("nan"),
                                  gaussians=len(trainer.scene), rate="-")  # fmt: skip
@@ -295,11 +314,11 @@ def generate(
             trainer.run(on_step=on_step)
         except RunInterrupted as e:
             progress.stop()
-            err_console.print(str(e), highlight=False)
+            err_console.print(str(e))
             raise typer.Exit(130) from None
         except NonFiniteRun as e:
             progress.stop()
-            err_console.print(f"[red]error:[/] {e}", highlight=False)
+            err_console.print(labelled("error:", "red", str(e)))
             raise typer.Exit(1) from None
         finally:
             if live:
@@ -379,22 +398,21 @@ def batch(
             text += f" · ETA {int(eta // 60)}m{int(eta % 60):02d}s"
         progress.update(task, completed=c["done"] + c["failed"], counts=text)
         if message:
-            progress.console.print(f"[red]{message}[/]", highlight=False)
+            progress.console.print(Text(message, style="red"))
 
     if not quiet:
         skipped = sum((read_status(out / j.name) or {}).get("status") == "done" for j in jobs)
-        err_console.print(f"splat3d batch: {len(jobs)} prompts ({skipped} done earlier) -> {out}, {where}",
-                          highlight=False)  # fmt: skip
+        err_console.print(f"splat3d batch: {len(jobs)} prompts ({skipped} done earlier) -> {out}, {where}")
     try:
         with progress:
             state = run_batch(jobs, out, backend, on_update)
     except (RunInterrupted, KeyboardInterrupt):
         err_console.print("interrupted; finished runs are kept and partial runs checkpointed. Run the same command "
-                          "again to resume: finished prompts are skipped.", highlight=False)  # fmt: skip
+                          "again to resume: finished prompts are skipped.")  # fmt: skip
         raise typer.Exit(130) from None
     c = state.counts()
     console.print(f"{c['done']} done, {c['failed']} failed of {len(jobs)}; wrote {out / 'summary.csv'}, "
-                  f"{out / 'summary.md'} and {out / 'index.html'}", highlight=False)  # fmt: skip
+                  f"{out / 'summary.md'} and {out / 'index.html'}")  # fmt: skip
     if c["failed"]:
         raise typer.Exit(1)
 
@@ -410,7 +428,7 @@ def config_show(preset: Optional[str] = typer.Argument(None, help="A preset name
 
     typer.echo(to_yaml(build_config(preset)), nl=False)
     if preset is None:
-        err_console.print(f"presets: {', '.join(presets())}", highlight=False)
+        err_console.print(f"presets: {', '.join(presets())}")
 
 
 @app.command()
@@ -461,9 +479,8 @@ def view(
         cfg = build_config(str(source / "config.yaml"))
         status = f"**{cfg.prompt.prompt}**  \nstep {last_step(source)}/{cfg.steps} · {len(scene):,} Gaussians"
     if host not in LOOPBACK:
-        err_console.print(
-            f"[yellow]warning:[/] binding to {host} makes the view reachable from other machines.", highlight=False
-        )
+        exposed = f"binding to {host} makes the view reachable from other machines."
+        err_console.print(labelled("warning:", "yellow", exposed))
     try:
         viewer = SplatViewer(host, port)  # viser moves to the next free port if this one is taken
     except OSError as e:
@@ -496,8 +513,7 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
     console.print(
         f"prompt accuracy {result.prompt_accuracy:.3f} ({round(result.prompt_accuracy * views)}/{views} views), "
         f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}"
-        + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else ""),
-        highlight=False,
+        + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else "")
     )
     console.print(f"wrote {run / 'eval.json'}")
 
@@ -527,12 +543,13 @@ def prior_train(
         raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
     ensure_writable_dir(out)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every)
-    trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m, highlight=False))
     columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
-    with Progress(*columns, console=err_console, disable=quiet) as progress:
-        task = progress.add_task("train", total=steps, completed=trainer.step, loss=float("nan"))
-        folder = trainer.run(on_step=lambda step, loss: progress.update(task, completed=step, loss=loss))
+    with FolderLock(out, "splat3d prior train"):
+        trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m))
+        with Progress(*columns, console=err_console, disable=quiet) as progress:
+            task = progress.add_task("train", total=steps, completed=trainer.step, loss=float("nan"))
+            folder = trainer.run(on_step=lambda step, loss: progress.update(task, completed=step, loss=loss))
     console.print(f"wrote the prior to {folder} ({trainer.step} steps); use it with --model {folder}")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from splat3d.errors import Splat3dError
-from splat3d.fileio import atomic_write, ensure_writable_dir, slug
+from splat3d.fileio import FolderInUse, FolderLock, atomic_write, ensure_writable_dir, slug
 
 STATUS_FILE = "batch.json"
 JOB_KEYS = ("prompt", "method", "model", "seed", "steps", "set", "config", "name")
@@ -176,20 +176,26 @@ def run_job(job: dict, root: str, threads: Optional[int] = None) -> dict:
     A plain top-level function of plain arguments, so a process pool or a Ray
     worker can call it. Raises on failure (after recording it), so Ray retries.
     """
+    spec = Job(**job)
+    run_dir = Path(root) / spec.name
+    # A run folder another process holds (a `generate --resume` of it, another batch) is left untouched:
+    # FolderInUse is raised before anything is read or written.
+    with FolderLock(run_dir, "splat3d batch", hint="or choose another batch folder"):
+        return _run_job_locked(spec, job, run_dir, threads)
+
+
+def _run_job_locked(spec: Job, job: dict, run_dir: Path, threads: Optional[int]) -> dict:
     import torch
 
     from splat3d.checkpoint import list_checkpoints
     from splat3d.shapes.evaluate import evaluate_run
     from splat3d.train import RunInterrupted, Trainer, prepare_run_folder
 
-    spec = Job(**job)
-    run_dir = Path(root) / spec.name
     previous = read_status(run_dir) or {}
     if previous.get("status") == "done":
         return previous
     if threads:
         torch.set_num_threads(int(threads))
-    ensure_writable_dir(run_dir)
     record = {
         "job": job, "status": "running", "attempts": previous.get("attempts", 0) + 1,
         "seconds": previous.get("seconds", 0.0), "host": socket.gethostname(), "pid": os.getpid(),
@@ -233,7 +239,7 @@ def _run_with_retries(job: dict, root: str, threads: Optional[int], retries: int
     for attempt in range(retries + 1):
         try:
             return run_job(job, root, threads)
-        except RunInterrupted:
+        except (RunInterrupted, FolderInUse):
             raise
         except Exception:
             if attempt == retries:
@@ -295,8 +301,16 @@ def run_batch(
 ) -> BatchState:
     """Run every job not done yet; returns the final state. Summaries are written even if interrupted."""
     root = ensure_writable_dir(root).resolve()
-    state = BatchState(jobs, root)
-    todo = [j for j in jobs if j.name not in state.skipped]  # a partial run resumes from its checkpoint
+    with FolderLock(root, "splat3d batch"):
+        state = BatchState(jobs, root)
+        todo = [j for j in jobs if j.name not in state.skipped]  # a partial run resumes from its checkpoint
+        for job in todo:  # refuse up front, before any run starts, if another process holds one of them
+            FolderLock(root / job.name, hint="or choose another --out").check_free()
+        _run_all(jobs, todo, root, backend, state, on_update)
+    return state
+
+
+def _run_all(jobs: list[Job], todo: list[Job], root: Path, backend: Backend, state: BatchState, on_update) -> None:
     on_update(state, None)
     try:
         if backend.kind == "ray":
@@ -311,7 +325,6 @@ def run_batch(
                 _finish(state, job, run, on_update)
     finally:
         write_summary(jobs, root)
-    return state
 
 
 def _finish(state: BatchState, job: Job, get: Callable[[], dict], on_update) -> None:
@@ -319,6 +332,8 @@ def _finish(state: BatchState, job: Job, get: Callable[[], dict], on_update) -> 
 
     try:
         get()
+    except FolderInUse:  # its folder belongs to another process: record nothing there
+        raise
     except (RunInterrupted, KeyboardInterrupt):
         state.refresh(job.name)
         raise

@@ -3,13 +3,17 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts,
 saved with torch.save and loaded with ``torch.load(weights_only=True)``: no
 arbitrary object is ever unpickled. Files are written to a temporary name and
-renamed, so a crash (even SIGKILL) never leaves a half-written checkpoint.
+renamed, so a crash (even SIGKILL) or a full disk never leaves a half-written
+checkpoint; one damaged some other way is set aside by
+``load_newest_checkpoint`` and the one before it is used.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -37,11 +41,23 @@ def list_checkpoints(folder: Union[str, Path]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+class CorruptCheckpoint(Splat3dError):
+    """A checkpoint file that cannot be read (truncated, damaged, not a checkpoint)."""
+
+
+def save_torch(obj, path: Union[str, Path]) -> Path:
+    """torch.save, atomically. The object is serialised in memory and written as plain bytes: torch's
+    own file writer reports a full disk as an opaque RuntimeError, Python's I/O as OSError(ENOSPC),
+    which atomic_write turns into WriteFailed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+
+
 def save_checkpoint(state: dict, folder: Union[str, Path], keep: int) -> Path:
     folder = Path(folder)
     path = checkpoint_path(folder, state["step"])
-    payload = {"format": FORMAT, "version": __version__, **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    save_torch({"format": FORMAT, "version": __version__, **state}, path)
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -55,7 +71,7 @@ def load_checkpoint(path: Union[str, Path]) -> dict:
         raise Splat3dError(f"Checkpoint {path} does not exist; check the run folder.") from None
     except Exception as e:  # noqa: BLE001 - a damaged zip/pickle fails in many ways
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise Splat3dError(
+        raise CorruptCheckpoint(
             f"Checkpoint {path} is corrupt or not a splat3d checkpoint ({reason}); "
             "delete it to resume from the previous one."
         ) from None
@@ -65,6 +81,37 @@ def load_checkpoint(path: Union[str, Path]) -> dict:
             f"expected {FORMAT}); start a new run or use the splat3d version that wrote it."
         )
     return state
+
+
+def load_newest_checkpoint(folder: Union[str, Path], set_aside: bool = False) -> tuple[Path, dict]:
+    """The newest checkpoint in ``folder`` that loads, and its state.
+
+    A newer one that is corrupt is named in a warning; with ``set_aside`` (a
+    resume, which will write new checkpoints) it is also renamed to
+    ``NAME.corrupt`` so it is never read again. If none loads, the newest one's
+    error is raised and nothing is renamed.
+    """
+    checkpoints = list_checkpoints(folder)
+    if not checkpoints:
+        raise Splat3dError(f"{folder} has no checkpoints.")
+    first_error = None
+    for path in reversed(checkpoints):
+        try:
+            state = load_checkpoint(path)
+        except CorruptCheckpoint as e:
+            first_error = first_error or e
+            continue
+        for bad in checkpoints[checkpoints.index(path) + 1 :]:
+            kept = bad.with_name(bad.name + ".corrupt")
+            if set_aside:
+                bad.replace(kept)
+            warnings.warn(
+                f"checkpoint {bad} is corrupt" + (f" (kept as {kept.name})" if set_aside else "")
+                + f"; using {path.name} (step {state['step']}) instead.",
+                stacklevel=2,
+            )  # fmt: skip
+        return path, state
+    raise first_error
 
 
 # ------------------------------------------------------------- RNG states
@@ -104,8 +151,8 @@ def load_scene(source: Union[str, Path]):
     if source.is_dir():
         if (source / "scene.ply").is_file():
             return read_ply(source / "scene.ply")
-        if checkpoints := list_checkpoints(source / "checkpoints"):
-            return GaussianScene(**load_checkpoint(checkpoints[-1])["params"])
+        if list_checkpoints(source / "checkpoints"):
+            return GaussianScene(**load_newest_checkpoint(source / "checkpoints")[1]["params"])
         raise Splat3dError(f"{source} holds neither scene.ply nor checkpoints; pass a run folder or a file.")
     if source.suffix == ".pt":
         return GaussianScene(**load_checkpoint(source)["params"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 from typing import Sequence, Union
 
 import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
 import torch
 from torch import Tensor
@@ -44,8 +46,6 @@ def grid(images: Sequence[np.ndarray], columns: int | None = None, pad: int = 2)
 
 def has_mp4_writer() -> bool:
     try:
-        import imageio_ffmpeg
-
         return Path(imageio_ffmpeg.get_ffmpeg_exe()).exists()
     except Exception:  # noqa: BLE001 - no usable ffmpeg binary, for whatever reason
         return False
@@ -64,11 +64,20 @@ def save_video(frames: Sequence[np.ndarray], path: Union[str, Path], fps: int = 
         # H.264 in yuv420p needs even sizes; pad by one pixel of edge where odd.
         h, w = stack.shape[1:3]
         stack = np.pad(stack, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        atomic_write(
-            path,
-            lambda tmp: iio.imwrite(
-                tmp, stack, extension=".mp4", plugin="FFMPEG", fps=fps,
-                codec="libx264", pixelformat="yuv420p", macro_block_size=1,
-            ),
-        )  # fmt: skip
+
+        def write_mp4(tmp: str) -> None:
+            iio.imwrite(
+                tmp, stack, extension=".mp4", plugin="FFMPEG", fps=fps, codec="libx264",
+                pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="quiet",
+            )  # fmt: skip
+            # ffmpeg reports a full disk only on its own stderr and imageio returns as if all went well:
+            # read the file back, so a truncated video never replaces a good one.
+            try:
+                complete = imageio_ffmpeg.count_frames_and_secs(tmp)[0] == len(stack)
+            except (RuntimeError, OSError):
+                complete = False
+            if not complete:
+                raise OSError(errno.EIO, "the video encoder could not finish the file; is the disk full?")
+
+        atomic_write(path, write_mp4)
     return path

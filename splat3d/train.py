@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from splat3d.cameras import CameraSampler, turntable
-from splat3d.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from splat3d.checkpoint import list_checkpoints, load_newest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from splat3d.config import RunConfig, from_yaml_text, to_yaml
 from splat3d.errors import Splat3dError
-from splat3d.fileio import atomic_write, ensure_writable_dir
+from splat3d.fileio import AppendLog, FolderLock, WriteFailed, atomic_write, ensure_writable_dir
 from splat3d.guidance import make_guidance
 from splat3d.media import grid, save_png, save_video, to_uint8
 from splat3d.priors import default_model, load_prior
@@ -55,7 +55,7 @@ def check_run_folder(out: Path, overwrite: bool) -> None:
     """Refuse a file, or a non-empty folder without --overwrite. Writes nothing."""
     if out.exists() and not out.is_dir():
         raise Splat3dError(f"Output path {out} is a file; choose a folder with --out.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != FolderLock.NAME for p in out.iterdir()) and not overwrite:
         raise Splat3dError(
             f"Run folder {out} is not empty; pass --overwrite to replace it, --resume {out} to continue it, "
             "or choose another --out."
@@ -238,14 +238,13 @@ class Trainer:
     def resume(cls, out: Path, steps: Optional[int] = None, device: Optional[str] = None, prior=None) -> Trainer:
         """Continue the run in ``out`` from its last complete checkpoint."""
         out = Path(out)
-        checkpoints = list_checkpoints(out / "checkpoints")
-        if not checkpoints:
+        if not list_checkpoints(out / "checkpoints"):
             raise Splat3dError(f"{out} has no checkpoints to resume from; start a new run with --out {out}.")
-        state = load_checkpoint(checkpoints[-1])
+        path, state = load_newest_checkpoint(out / "checkpoints", set_aside=True)
         try:
             config = from_yaml_text(state["config"])
         except Splat3dError as e:
-            raise Splat3dError(f"Checkpoint {checkpoints[-1]} holds an incompatible config ({e})") from None
+            raise Splat3dError(f"Checkpoint {path} holds an incompatible config ({e})") from None
         if steps is not None:
             config.steps = steps
         if device is not None:
@@ -299,42 +298,54 @@ class Trainer:
 
     # ---------------------------------------------------------------- run
     def run(self, on_step: Optional[Callable[[int, dict], None]] = None) -> None:
+        """Train to ``config.steps``, then write scene.ply and the pictures.
+
+        A file that cannot be written (full disk, I/O error, read-only file
+        system) stops the run with one sentence; every file already there,
+        the newest checkpoint included, stays as it was.
+        """
+        try:
+            self._run(on_step)
+        except WriteFailed as e:
+            saved = list_checkpoints(self.out / "checkpoints")
+            kept = f"its checkpoint of step {int(saved[-1].stem[5:])} is intact" if saved else "it has no checkpoint"
+            raise Splat3dError(
+                f"{e}; the run stopped at step {self.step} and {kept}: free some space (or fix the disk) and "
+                f"resume with: splat3d generate --resume {self.out}"
+            ) from None
+
+    def _run(self, on_step: Optional[Callable[[int, dict], None]]) -> None:
         cfg, o = self.config, self.config.output
         self.write_config()
-        metrics = open(self.out / "metrics.jsonl", "a")
-        try:
-            with _sigint_sets(self):
-                while self.step < cfg.steps:
-                    t0 = time.perf_counter()
-                    logs = self.train_step()
-                    self.elapsed += time.perf_counter() - t0
-                    if self.step % o.metrics_every == 0 or self.step == cfg.steps:
-                        record = {"step": self.step, **logs, "n_gaussians": len(self.scene),
-                                  "seconds": round(self.elapsed, 4),
-                                  "peak_memory_mb": round(_peak_memory_mb(self.device), 1)}  # fmt: skip
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                    if on_step:
-                        on_step(self.step, {**logs, "n_gaussians": len(self.scene)})
-                    if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                        self.save_checkpoint()
-                        raise NonFiniteRun(
-                            f"Stopped at step {self.step} after {self.nonfinite_in_a_row} non-finite steps in a "
-                            f"row (checkpoint saved); lower the learning rates or the CFG scale and resume with "
-                            f"--resume {self.out}."
-                        )
-                    if self.stop_requested:
-                        self.save_checkpoint()
-                        raise RunInterrupted(
-                            f"Interrupted at step {self.step}; checkpoint saved. Resume with: "
-                            f"splat3d generate --resume {self.out}"
-                        )
-                    if self.step % o.checkpoint_every == 0 or self.step == cfg.steps:
-                        self.save_checkpoint()
-                    if self.step % o.preview_every == 0:
-                        self.write_preview()
-        finally:
-            metrics.close()
+        with AppendLog(self.out / "metrics.jsonl") as metrics, _sigint_sets(self):
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                logs = self.train_step()
+                self.elapsed += time.perf_counter() - t0
+                if self.step % o.metrics_every == 0 or self.step == cfg.steps:
+                    record = {"step": self.step, **logs, "n_gaussians": len(self.scene),
+                              "seconds": round(self.elapsed, 4),
+                              "peak_memory_mb": round(_peak_memory_mb(self.device), 1)}  # fmt: skip
+                    metrics.append(json.dumps(record))
+                if on_step:
+                    on_step(self.step, {**logs, "n_gaussians": len(self.scene)})
+                if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                    self.save_checkpoint()
+                    raise NonFiniteRun(
+                        f"Stopped at step {self.step} after {self.nonfinite_in_a_row} non-finite steps in a "
+                        f"row (checkpoint saved); lower the learning rates or the CFG scale and resume with "
+                        f"--resume {self.out}."
+                    )
+                if self.stop_requested:
+                    self.save_checkpoint()
+                    raise RunInterrupted(
+                        f"Interrupted at step {self.step}; checkpoint saved. Resume with: "
+                        f"splat3d generate --resume {self.out}"
+                    )
+                if self.step % o.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+                if self.step % o.preview_every == 0:
+                    self.write_preview()
         self.write_final()
 
 

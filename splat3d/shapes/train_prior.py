@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from splat3d.cameras import CameraSampler
-from splat3d.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from splat3d.checkpoint import list_checkpoints, load_newest_checkpoint, save_checkpoint, save_torch
 from splat3d.config import CameraConfig, build_config
-from splat3d.fileio import atomic_write
 from splat3d.prompts import PromptConfig, view_names, view_prompt
 from splat3d.render import render
 from splat3d.shapes.world import COLOURS, KINDS, WORLD_VERSION, make_object, vocabulary
@@ -100,7 +99,7 @@ def build_dataset(cfg: PriorTrainConfig, cache_dir: Path, log: Callable[[str], N
         "objects": [f"{c} {k}" for c, k in objects],
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    save_torch(data, path)
     return data
 
 
@@ -159,16 +158,15 @@ class PriorTrainer:
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
-        checkpoints = list_checkpoints(self.out / "checkpoints")
-        if checkpoints:
-            state = load_checkpoint(checkpoints[-1])
+        if list_checkpoints(self.out / "checkpoints"):
+            path, state = load_newest_checkpoint(self.out / "checkpoints", set_aside=True)
             self.modules.load_state_dict(state["modules"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state["step"]
-            log(f"resuming from {checkpoints[-1]} (step {self.step})")
+            log(f"resuming from {path} (step {self.step})")
 
     def train_step(self) -> float:
         cfg = self.cfg
