@@ -6,8 +6,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="splat3d-t
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from splat3d.scene import GaussianScene  # noqa: E402
+from helpers import random_scene  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -17,20 +16,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def random_scene(n=40, sh_degree=0, seed=0, dtype=torch.float64, spread=1.0) -> GaussianScene:
-    """Gaussians of varied size, shape, rotation, opacity and colour."""
-    g = torch.Generator().manual_seed(seed)
-    k = (sh_degree + 1) ** 2 - 1
-    return GaussianScene(
-        means=(torch.rand(n, 3, generator=g, dtype=dtype) * 2 - 1) * spread,
-        scales=torch.rand(n, 3, generator=g, dtype=dtype) * 1.5 - 3.2,
-        quats=torch.randn(n, 4, generator=g, dtype=dtype),
-        opacities=torch.randn(n, generator=g, dtype=dtype) * 1.5,
-        sh0=torch.randn(n, 1, 3, generator=g, dtype=dtype) * 0.8,
-        shN=torch.randn(n, k, 3, generator=g, dtype=dtype) * 0.3,
-    )
 
 
 @pytest.fixture

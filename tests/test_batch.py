@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from test_generate import FAST, run_cli
+from helpers import FAST, run_cli
 
 from splat3d.batch import Job, read_jobs, read_status
 from splat3d.errors import Splat3dError

@@ -6,7 +6,7 @@ import sys
 import imageio.v3 as iio
 import pytest
 import torch
-from conftest import random_scene
+from helpers import random_scene
 
 from splat3d.cameras import save_cameras_json, turntable
 from splat3d.ply import write_ply

@@ -1,8 +1,7 @@
 import pytest
 import torch
-from conftest import random_scene
+from helpers import random_scene, run_cli
 from plyfile import PlyData
-from test_generate import run_cli
 
 from splat3d.cameras import Cameras, orbit_cameras
 from splat3d.export import UP_AXES, reorient

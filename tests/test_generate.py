@@ -1,7 +1,6 @@
 """`splat3d generate` end to end on CPU with a tiny random prior."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,49 +8,12 @@ import time
 
 import pytest
 import torch
-from splat3d_cli.main import main as cli_main
+from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
 
 from splat3d.checkpoint import list_checkpoints, load_checkpoint
 from splat3d.config import build_config
 from splat3d.ply import read_ply
 from splat3d.train import RunInterrupted, Trainer
-
-# Small and quick: 32 px renders of a 16 px prior, densification every 4 steps.
-FAST = [
-    "init.count=200",
-    "camera.render_size=32",
-    "strategy.refine_start=4",
-    "strategy.refine_every=4",
-    "strategy.grow_grad2d=1e-7",
-    "guidance.anneal_start_step=6",
-    "output.checkpoint_every=4",
-    "output.keep_checkpoints=2",
-    "output.preview_every=5",
-    "output.preview_views=2",
-    "output.preview_size=32",
-    "output.final_views=4",
-    "output.video_frames=6",
-    "output.video_size=32",
-]
-
-
-def run_cli(capsys, *args):
-    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["splat3d", *map(str, args)]
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def sets(*extra):
-    return [x for item in (*FAST, *extra) for x in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +118,6 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(prior_dir, tmp_path, monke
     assert list_checkpoints(tmp_path / "nan" / "checkpoints")
 
 
-def _spawn(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "splat3d_cli", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
-    )  # fmt: skip
-
-
 def _wait_for_checkpoint(folder, proc, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -178,7 +132,7 @@ def _wait_for_checkpoint(folder, proc, timeout=240):
 def test_killed_run_resumes_to_completion(prior_dir, tmp_path, sig):
     out = tmp_path / "run"
     args = ["generate", "a red cube", "--model", prior_dir, "--steps", 200, "--out", out, "--quiet"]
-    proc = _spawn([*args, *sets("output.checkpoint_every=2")], tmp_path)
+    proc = spawn_cli([*args, *sets("output.checkpoint_every=2")], tmp_path)
     _wait_for_checkpoint(out, proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
@@ -199,14 +153,6 @@ def test_killed_run_resumes_to_completion(prior_dir, tmp_path, sig):
     assert (out / "scene.ply").exists()
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13)), "metrics must have no gaps or duplicates after a resume"
-
-
-def assert_clean(code, stderr, *fragments):
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    text = " ".join(stderr.split())
-    for f in fragments:
-        assert f in text, text
 
 
 def test_bad_inputs(prior_dir, tmp_path, capsys):

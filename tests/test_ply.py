@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import random_scene
+from helpers import random_scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from plyfile import PlyData, PlyElement

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_generate import FAST, _spawn, assert_clean, run_cli, sets
+from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
 
 from splat3d import fileio
 from splat3d.checkpoint import list_checkpoints, load_checkpoint
@@ -108,7 +108,7 @@ def test_second_process_on_a_live_run_is_refused(prior_dir, tmp_path, capsys):
     live = batch / "live"
     steps = 80
     args = ["generate", "a red cube", "--model", prior_dir, "--steps", steps, "--out", live, "--quiet"]
-    proc = _spawn([*args, *sets(*SMALL, "output.checkpoint_every=2")], tmp_path)
+    proc = spawn_cli([*args, *sets(*SMALL, "output.checkpoint_every=2")], tmp_path)
     try:
         deadline = time.time() + 240
         while not list_checkpoints(live / "checkpoints"):
@@ -147,7 +147,7 @@ def test_sigkilled_run_resumes_over_its_stale_lock_bit_identically(prior_dir, tm
     straight = subprocess.run([sys.executable, "-m", "splat3d_cli", *map(str, args), "--out", tmp_path / "a"],
                               capture_output=True, text=True)  # fmt: skip
     assert straight.returncode == 0, straight.stderr
-    proc = _spawn([*args, "--out", tmp_path / "b"], tmp_path)
+    proc = spawn_cli([*args, "--out", tmp_path / "b"], tmp_path)
     while not list_checkpoints(tmp_path / "b" / "checkpoints"):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
@@ -253,7 +253,7 @@ def fill(folder: Path) -> Path:
 def test_a_run_on_a_full_tmpfs_stops_cleanly_and_resumes(prior_dir, small_disk, tmp_path):
     out = small_disk / "run"
     args = ["generate", "a red cube", "--model", prior_dir, "--steps", 60, "--out", out, "--quiet"]
-    proc = _spawn([*args, *sets(*SMALL, "output.checkpoint_every=2")], tmp_path)
+    proc = spawn_cli([*args, *sets(*SMALL, "output.checkpoint_every=2")], tmp_path)
     while len(list_checkpoints(out / "checkpoints")) < 2:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)

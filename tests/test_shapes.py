@@ -5,7 +5,7 @@ import dataclasses
 import imageio.v3 as iio
 import pytest
 import torch
-from test_generate import run_cli
+from helpers import run_cli
 
 from splat3d.cameras import orbit_cameras
 from splat3d.priors import load_prior

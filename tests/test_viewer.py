@@ -93,7 +93,7 @@ def test_view_on_a_busy_port_says_where_it_really_serves(tmp_path):
 
 
 def test_generate_with_live_viewer_finishes(tiny_priors, tmp_path):
-    from test_generate import FAST
+    from helpers import FAST
 
     args = ["generate", "a red cube", "--model", str(tiny_priors[("pixel", "epsilon")]), "--steps", "6", "--out",
             str(tmp_path / "run"), "--viewer", "--port", str(free_port()), "--quiet"]  # fmt: skip
