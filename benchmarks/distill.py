@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, write_doc_section  # noqa: E402
 
-from splat3d.media import save_png  # noqa: E402
+from splat3d.io.media import save_png  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "distill"
 PROMPTS = ROOT / "benchmarks" / "prompts.txt"
@@ -78,12 +78,12 @@ def run_one(
 ) -> dict:
     import torch
 
-    from splat3d.config import build_config
-    from splat3d.media import grid, save_png
-    from splat3d.priors import builtin_priors
+    from splat3d.distill.priors import builtin_priors
+    from splat3d.io.media import grid, save_png
+    from splat3d.run.config import build_config
+    from splat3d.run.trainer import Trainer
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
     from splat3d.shapes.world import parse_prompt
-    from splat3d.train import Trainer
 
     cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method=method, seed=seed)
     cfg.steps *= budget
@@ -264,7 +264,7 @@ def method_grid(results: list[dict], results_dir: Path, prompts: int = 4):
     import numpy as np
     from PIL import Image
 
-    from splat3d.media import grid
+    from splat3d.io.media import grid
 
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
     names = {(r["method"], r["prompt"]) for r in results if r["budget"] == 1 and r["seed"] == 0}

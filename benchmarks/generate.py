@@ -28,8 +28,8 @@ METHODS = ["sds", "vsd", "lvsd", "l2vsd"]
 
 
 def child(prior: str, method: str, steps: int, out: str) -> dict:
-    from splat3d.config import build_config
-    from splat3d.train import Trainer
+    from splat3d.run.config import build_config
+    from splat3d.run.trainer import Trainer
 
     overrides = ["output.checkpoint_every=1000000", "output.preview_every=1000000", "output.video_frames=2",
                  "output.final_views=2", "output.video_size=32"]  # fmt: skip
@@ -57,7 +57,7 @@ def main() -> None:
         print(json.dumps(child(*json.loads(args.child))))
         return
 
-    from splat3d.priors.tiny import make_tiny_prior
+    from splat3d.distill.priors.tiny import make_tiny_prior
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

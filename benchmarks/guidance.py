@@ -55,10 +55,10 @@ def label(method: str, overrides: dict) -> str:
 def setup(folder: str, method: str, overrides: dict, batch: int):
     import torch
 
-    from splat3d.cameras import orbit_cameras
-    from splat3d.guidance import GuidanceConfig, make_guidance
-    from splat3d.priors import load_prior
-    from splat3d.prompts import PromptConfig, PromptProcessor
+    from splat3d.distill.guidance import GuidanceConfig, make_guidance
+    from splat3d.distill.priors import load_prior
+    from splat3d.distill.prompts import PromptConfig, PromptProcessor
+    from splat3d.render.cameras import orbit_cameras
 
     torch.manual_seed(0)
     prior = load_prior(folder, device="cpu")
@@ -148,7 +148,7 @@ def main() -> None:
         print(json.dumps(child(folder, method, overrides, batch, iters, profile)))
         return
 
-    from splat3d.priors.tiny import make_tiny_prior
+    from splat3d.distill.priors.tiny import make_tiny_prior
 
     rows, profiles, components = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,11 +38,11 @@ def spread(f: torch.Tensor) -> float:
 
 
 def optimise(model: str, method: str, prompt: str, k: int, steps: int, seed: int) -> torch.Tensor:
-    from splat3d.cameras import orbit_cameras
-    from splat3d.config import build_config
-    from splat3d.guidance import make_guidance
-    from splat3d.priors import load_prior
-    from splat3d.prompts import PromptProcessor
+    from splat3d.distill.guidance import make_guidance
+    from splat3d.distill.priors import load_prior
+    from splat3d.distill.prompts import PromptProcessor
+    from splat3d.render.cameras import orbit_cameras
+    from splat3d.run.config import build_config
 
     cfg = build_config("cpu", prompt__prompt=prompt, method=method, seed=seed)
     prior = load_prior(model, "cpu")
@@ -68,10 +68,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from splat3d.cameras import CameraSampler
-    from splat3d.media import grid, save_png, to_uint8
-    from splat3d.priors import builtin_priors
+    from splat3d.distill.priors import builtin_priors
+    from splat3d.io.media import grid, save_png, to_uint8
     from splat3d.render import render
+    from splat3d.render.cameras import CameraSampler
     from splat3d.shapes.evaluate import load_classifier
     from splat3d.shapes.train_prior import camera_config
     from splat3d.shapes.world import COLOURS, KINDS, make_object, parse_prompt

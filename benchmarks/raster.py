@@ -4,7 +4,7 @@ For N in {1k, 10k, 50k} Gaussians (a random ball, as `generate` starts from)
 at 64², 128² and 256², measures forward and forward+backward time and the
 peak extra memory of:
 
-- torch: splat3d's pair-list rasterizer (splat3d.raster_torch);
+- torch: splat3d's pair-list rasterizer (splat3d.render.raster_torch);
 - dense: the same projection, but every Gaussian composited at every pixel
   ([pixels, N] tensors), i.e. what a naive PyTorch rasterizer does.
 
@@ -40,7 +40,7 @@ def dense_composite(proj, colors, n_cameras, width, height):
     """Every entry at every pixel: [C, P, nnz] tensors (the naive baseline)."""
     import torch
 
-    from splat3d.raster_torch import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_STOP
+    from splat3d.render.raster_torch import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_STOP
 
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2).to(colors.dtype) + 0.5  # [P, 2]
@@ -67,8 +67,8 @@ def dense_composite(proj, colors, n_cameras, width, height):
 def child(method: str, n: int, size: int, reps: int) -> dict:
     import torch
 
-    from splat3d import raster_torch
-    from splat3d.cameras import turntable
+    from splat3d.render import raster_torch
+    from splat3d.render.cameras import turntable
     from splat3d.scene import GaussianScene
 
     torch.manual_seed(0)

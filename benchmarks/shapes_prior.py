@@ -39,9 +39,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from splat3d.media import grid, save_png, to_uint8
-    from splat3d.priors import builtin_priors, load_prior
-    from splat3d.sample import sample_images
+    from splat3d.distill.priors import builtin_priors, load_prior
+    from splat3d.distill.sample import sample_images
+    from splat3d.io.media import grid, save_png, to_uint8
     from splat3d.shapes.evaluate import load_classifier
     from splat3d.shapes.world import COLOURS, KINDS
 

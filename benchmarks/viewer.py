@@ -28,8 +28,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "viewer.json"
 
 
 def run(prior: str, out: Path, steps: int, live=None) -> list[float]:
-    from splat3d.config import build_config
-    from splat3d.train import Trainer
+    from splat3d.run.config import build_config
+    from splat3d.run.trainer import Trainer
 
     overrides = ["output.checkpoint_every=1000000", "output.preview_every=1000000", "output.video_frames=2",
                  "output.final_views=2", "output.video_size=32", "init.count=3000"]  # fmt: skip
@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0)
     args = parser.parse_args()
 
-    from splat3d.priors.tiny import make_tiny_prior
-    from splat3d.viewer import LiveViewer, SplatViewer
+    from splat3d.apps.viewer import LiveViewer, SplatViewer
+    from splat3d.distill.priors.tiny import make_tiny_prior
 
     with tempfile.TemporaryDirectory() as tmp:
         prior = str(make_tiny_prior(Path(tmp) / "prior", "pixel", sample_size=32, block_out_channels=(32, 64, 64)))

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from splat3d import __version__
 from splat3d.errors import Splat3dError
-from splat3d.fileio import FolderLock, ensure_writable_dir, slug
+from splat3d.io.fileio import FolderLock, ensure_writable_dir, slug
 
 app = typer.Typer(
     name="splat3d",
@@ -74,7 +74,7 @@ def info(scene: Path = typer.Argument(..., help="A 3DGS .ply file.")):
     """Print a scene's Gaussian count, SH degree, bounds and statistics."""
     import torch
 
-    from splat3d.ply import read_ply
+    from splat3d.scene.ply import read_ply
 
     s = read_ply(scene)
     table = Table(title=str(scene), show_header=False, title_justify="left")
@@ -118,11 +118,11 @@ def render(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from splat3d.cameras import load_cameras_json, parse_size, turntable
-    from splat3d.checkpoint import load_scene
-    from splat3d.media import save_png, save_video, to_uint8
-    from splat3d.render import render as render_scene
+    from splat3d.io.media import save_png, save_video, to_uint8
     from splat3d.render import resolve_device
+    from splat3d.render.cameras import load_cameras_json, parse_size, turntable
+    from splat3d.render.rasterize import render as render_scene
+    from splat3d.run.checkpoint import load_scene
 
     if scene.is_dir() and cameras is None and orbit is None:
         orbit = 48  # a run folder: its turntable
@@ -187,7 +187,7 @@ def _fit_radius(scene, fovy: float) -> float:
     """Orbit radius at which the scene's bulk (98% of centres) fills the view."""
     import torch
 
-    from splat3d.cameras import default_fovy_radius
+    from splat3d.render.cameras import default_fovy_radius
 
     if len(scene) == 0:
         return 3.0
@@ -202,13 +202,14 @@ def demo(
     size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the views."),
 ):
     """Build the built-in demo scene, save it as PLY and render a turntable."""
-    from splat3d.cameras import parse_size
-    from splat3d.demo import demo_scene
+    from splat3d.apps.demo import demo_scene
+    from splat3d.render.cameras import parse_size
+    from splat3d.scene.ply import write_ply
 
     parse_size(size)
     ensure_writable_dir(out)
     scene = demo_scene()
-    scene.save_ply(out / "scene.ply")
+    write_ply(scene, out / "scene.ply")
     console.print(f"wrote {out / 'scene.ply'} ({len(scene):,} Gaussians)")
     render(
         scene=out / "scene.ply", out=out, cameras=None, orbit=views, elevation=20.0, radius=None,
@@ -235,8 +236,8 @@ def generate(
     port: int = typer.Option(8080, "--port", help="Port of the --viewer."),
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
-    from splat3d.config import build_config
-    from splat3d.train import Trainer, check_run_folder, prepare_run_folder
+    from splat3d.run.config import build_config
+    from splat3d.run.trainer import Trainer, check_run_folder, prepare_run_folder
 
     if resume is not None:
         if prompt or config or set_ or method or model or init or overwrite or seed is not None or out:
@@ -264,7 +265,7 @@ def generate(
         else:
             check_run_folder(run_dir, overwrite)
             if cfg.model == "auto":
-                from splat3d.priors import default_model
+                from splat3d.distill.priors import default_model
                 from splat3d.render import resolve_device
 
                 cfg.model = default_model(resolve_device(cfg.device))
@@ -282,7 +283,7 @@ def _train(trainer, run_dir: Path, quiet: bool, viewer: bool, port: int) -> None
     """Run a trainer to its last step with a progress bar (and the live view)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from splat3d.train import NonFiniteRun, RunInterrupted
+    from splat3d.run.trainer import NonFiniteRun, RunInterrupted
 
     cfg = trainer.config
     if not quiet:
@@ -293,7 +294,7 @@ def _train(trainer, run_dir: Path, quiet: bool, viewer: bool, port: int) -> None
     )  # fmt: skip
     live = None
     if viewer:
-        from splat3d.viewer import LiveViewer, SplatViewer
+        from splat3d.apps.viewer import LiveViewer, SplatViewer
 
         live = LiveViewer(SplatViewer("127.0.0.1", port))
         err_console.print(f"live view at {live.viewer.url}")
@@ -368,8 +369,8 @@ def batch(
     """Generate many prompts: one run folder each, resumable, here or on a Ray cluster."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from splat3d.batch import Backend, Job, read_jobs, read_status, run_batch
-    from splat3d.train import RunInterrupted
+    from splat3d.apps.batch import Backend, Job, read_jobs, read_status, run_batch
+    from splat3d.run.trainer import RunInterrupted
 
     if workers < 1 or cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
         raise Splat3dError("--workers and --cpus-per-task must be positive, --gpus-per-task and --retries >= 0.")
@@ -424,7 +425,7 @@ app.add_typer(config_app, name="config")
 @config_app.command("show")
 def config_show(preset: Optional[str] = typer.Argument(None, help="A preset name or YAML file.")):
     """Print the fully resolved configuration (defaults, or a preset applied)."""
-    from splat3d.config import build_config, presets, to_yaml
+    from splat3d.run.config import build_config, presets, to_yaml
 
     typer.echo(to_yaml(build_config(preset)), nl=False)
     if preset is None:
@@ -440,8 +441,8 @@ def export(
     up: str = typer.Option("+z", "--up", help="Up axis the viewer expects: +z (splat3d), +y or -y."),
 ):
     """Write a scene for other viewers (see the README for which viewer expects what)."""
-    from splat3d.checkpoint import load_scene
-    from splat3d.export import FORMATS, UP_AXES, export_scene
+    from splat3d.run.checkpoint import load_scene
+    from splat3d.scene.export import FORMATS, UP_AXES, export_scene
 
     if format not in FORMATS:
         raise Splat3dError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
@@ -465,16 +466,16 @@ def view(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback exposes the view."),
 ):
     """Serve an interactive 3D view of the Gaussians in the browser (Ctrl-C stops)."""
-    from splat3d.checkpoint import load_scene
-    from splat3d.viewer import LOOPBACK, SplatViewer
+    from splat3d.apps.viewer import LOOPBACK, SplatViewer
+    from splat3d.run.checkpoint import load_scene
 
     if not 0 < port < 65536:
         raise Splat3dError(f"--port {port} is out of range; choose 1..65535.")
     scene = load_scene(source)
     status = f"{len(scene):,} Gaussians"
     if source.is_dir() and (source / "config.yaml").is_file():
-        from splat3d.config import build_config
-        from splat3d.train import last_step
+        from splat3d.run.config import build_config
+        from splat3d.run.trainer import last_step
 
         cfg = build_config(str(source / "config.yaml"))
         status = f"**{cfg.prompt.prompt}**  \nstep {last_step(source)}/{cfg.steps} · {len(scene):,} Gaussians"
@@ -572,10 +573,10 @@ def prior_sample(
     """Sample a prior in 2D (DDIM with CFG) to check a prompt before distilling it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from splat3d.media import grid, save_png, to_uint8
-    from splat3d.priors import load_prior
+    from splat3d.distill.priors import load_prior
+    from splat3d.distill.sample import sample_images
+    from splat3d.io.media import grid, save_png, to_uint8
     from splat3d.render import resolve_device
-    from splat3d.sample import sample_images
 
     if not prompt.strip():
         raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from splat3d.cameras import orbit_cameras
 from splat3d.render import render
+from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import PARAM_NAMES, GaussianScene
 
 
@@ -63,9 +63,9 @@ def parity(n: int, size: int, sh_degree: int) -> dict:
 
 
 def generate_200(out: Path) -> dict:
-    from splat3d.config import build_config
-    from splat3d.priors.tiny import make_tiny_prior
-    from splat3d.train import Trainer
+    from splat3d.distill.priors.tiny import make_tiny_prior
+    from splat3d.run.config import build_config
+    from splat3d.run.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         prior = make_tiny_prior(Path(tmp) / "prior", "latent", sample_size=16)

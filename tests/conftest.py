@@ -26,7 +26,7 @@ def make_scene():
 @pytest.fixture(scope="session")
 def tiny_priors(tmp_path_factory):
     """Four tiny random priors in the diffusers layout: pixel/latent x epsilon/v."""
-    from splat3d.priors.tiny import make_tiny_prior
+    from splat3d.distill.priors.tiny import make_tiny_prior
 
     root = tmp_path_factory.mktemp("priors")
     return {

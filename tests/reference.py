@@ -1,7 +1,7 @@
 """An independent brute-force 3DGS renderer in float64, for testing only.
 
 Every Gaussian is evaluated at every pixel; nothing is shared with
-splat3d.raster_torch or gsplat's helpers (rotation, projection and the SH
+splat3d.render.raster_torch or gsplat's helpers (rotation, projection and the SH
 basis are written out here from the papers' formulas, SH in the INRIA form).
 The rules follow gsplat 1.5: eps2d low-pass, frustum-clamped Jacobian,
 alpha = min(0.999, o exp(-sigma)), fragments below 1/255 skipped, compositing

@@ -11,7 +11,7 @@ import time
 import pytest
 from helpers import FAST, run_cli
 
-from splat3d.batch import Job, read_jobs, read_status
+from splat3d.apps.batch import Job, read_jobs, read_status
 from splat3d.errors import Splat3dError
 
 BATCH_SETS = [x for item in (*FAST, "output.checkpoint_every=2") for x in ("--set", item)]

@@ -2,8 +2,8 @@
 
 import torch
 
-from splat3d.priors import builtin_priors, load_prior
-from splat3d.sample import sample_images
+from splat3d.distill.priors import builtin_priors, load_prior
+from splat3d.distill.sample import sample_images
 from splat3d.shapes.evaluate import load_classifier
 from splat3d.shapes.world import COLOURS, KINDS
 

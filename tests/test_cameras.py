@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from splat3d.cameras import (
+from splat3d.errors import Splat3dError
+from splat3d.render.cameras import (
     Cameras,
     load_cameras_json,
     orbit_cameras,
@@ -11,7 +12,6 @@ from splat3d.cameras import (
     save_cameras_json,
     turntable,
 )
-from splat3d.errors import Splat3dError
 
 
 def project(cams: Cameras, points: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import random_scene
 
-from splat3d.cameras import save_cameras_json, turntable
-from splat3d.ply import write_ply
+from splat3d.render.cameras import save_cameras_json, turntable
+from splat3d.scene.ply import write_ply
 
 
 def run(*args, cwd=None):

@@ -3,10 +3,10 @@ import torch
 from helpers import random_scene, run_cli
 from plyfile import PlyData
 
-from splat3d.cameras import Cameras, orbit_cameras
-from splat3d.export import UP_AXES, reorient
-from splat3d.ply import read_ply, write_ply
 from splat3d.render import render
+from splat3d.render.cameras import Cameras, orbit_cameras
+from splat3d.scene.export import UP_AXES, reorient
+from splat3d.scene.ply import read_ply, write_ply
 
 
 @pytest.mark.parametrize("up", ["+y", "-y"])

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from splat3d.batch import JOB_KEYS, Job, read_jobs
-from splat3d.config import RunConfig, _all_keys, build_config, from_yaml_text, to_yaml
+from splat3d.apps.batch import JOB_KEYS, Job, read_jobs
 from splat3d.errors import Splat3dError
+from splat3d.run.config import RunConfig, _all_keys, build_config, from_yaml_text, to_yaml
 
 KEYS = _all_keys(OmegaConf.structured(RunConfig))
 # SPLAT3D_FUZZ_EXAMPLES=2000 for a long hunt; 100 each keeps the suite quick.

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
 
-from splat3d.checkpoint import list_checkpoints, load_checkpoint
-from splat3d.config import build_config
-from splat3d.ply import read_ply
-from splat3d.train import RunInterrupted, Trainer
+from splat3d.run.checkpoint import list_checkpoints, load_checkpoint
+from splat3d.run.config import build_config
+from splat3d.run.trainer import RunInterrupted, Trainer
+from splat3d.scene.ply import read_ply
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(prior_dir, tmp_path, monke
 
     monkeypatch.setattr(method, "__call__", poisoned)
     before = {k: v.detach().clone() for k, v in trainer.scene.params.items()}
-    from splat3d.train import NonFiniteRun
+    from splat3d.run.trainer import NonFiniteRun
 
     with pytest.raises(NonFiniteRun, match="3 non-finite steps"):
         trainer.run()
@@ -223,9 +223,9 @@ def test_gsplat_generate_smoke(prior_dir, tmp_path):
 
 
 def test_render_size_schedule_and_mcmc_relocation():
-    from splat3d.cameras import CameraSampler
-    from splat3d.config import CameraConfig
-    from splat3d.strategy import compute_relocation_torch
+    from splat3d.render.cameras import CameraSampler
+    from splat3d.run.config import CameraConfig
+    from splat3d.run.strategy import compute_relocation_torch
 
     sampler = CameraSampler(CameraConfig(render_size=32, render_size_schedule=[[10, 48], [20, 64]], batch_size=4),
                             torch.Generator().manual_seed(0))  # fmt: skip

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from splat3d.cameras import orbit_cameras
+from splat3d.distill.guidance import REGISTRY, GuidanceConfig, make_guidance
+from splat3d.distill.guidance.common import LORA_ADAPTER, pretrained_eps
+from splat3d.distill.priors import load_prior
+from splat3d.distill.prompts import PromptConfig, PromptProcessor, view_names
 from splat3d.errors import Splat3dError
-from splat3d.guidance import REGISTRY, GuidanceConfig, make_guidance
-from splat3d.guidance.common import LORA_ADAPTER, pretrained_eps
-from splat3d.priors import load_prior
-from splat3d.prompts import PromptConfig, PromptProcessor, view_names
+from splat3d.render.cameras import orbit_cameras
 
 KINDS = [("pixel", "epsilon"), ("pixel", "v_prediction"), ("latent", "epsilon"), ("latent", "v_prediction")]
 

@@ -1,7 +1,7 @@
 """generate's output pinned to the bit: a refactor must not change what a seed makes.
 
 The digests are of scene.ply after short CPU runs with the tiny random priors
-(built from a seed, see splat3d/priors/tiny.py), recorded before the layout
+(built from a seed, see splat3d/distill/priors/tiny.py), recorded before the layout
 change of issue 16 (commit d54b04b) with torch 2.13.0+cpu on the project's
 2-core x86_64 machine. A different torch build or CPU may round differently;
 then re-record them at a commit known to be right, and say so in the commit.

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from plyfile import PlyData, PlyElement
 
-from splat3d.ply import REQUIRED, NonFiniteRowsWarning, PlyFormatError, read_ply, write_ply
 from splat3d.scene import PARAM_NAMES, GaussianScene
+from splat3d.scene.ply import REQUIRED, NonFiniteRowsWarning, PlyFormatError, read_ply, write_ply
 
 
 @pytest.mark.parametrize("sh_degree", [0, 1, 2, 3])

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
 
-from splat3d import fileio
-from splat3d.checkpoint import list_checkpoints, load_checkpoint
-from splat3d.config import build_config
 from splat3d.errors import Splat3dError
-from splat3d.fileio import AppendLog, FolderInUse, FolderLock, WriteFailed
-from splat3d.train import RunInterrupted, Trainer
+from splat3d.io import fileio
+from splat3d.io.fileio import AppendLog, FolderInUse, FolderLock, WriteFailed
+from splat3d.run.checkpoint import list_checkpoints, load_checkpoint
+from splat3d.run.config import build_config
+from splat3d.run.trainer import RunInterrupted, Trainer
 
 MARKUP = ["a[bold]b", "a[/]b", "[red]x[/red]"]
 # No densification past step 8: the scene stays small, so steps and checkpoints stay cheap.

@@ -4,8 +4,8 @@ import pytest
 import torch
 from reference import render_reference
 
-from splat3d.cameras import Cameras, look_at, orbit_cameras
 from splat3d.render import render
+from splat3d.render.cameras import Cameras, look_at, orbit_cameras
 from splat3d.scene import PARAM_NAMES
 
 W, H = 28, 22  # not square, so x/y mix-ups show

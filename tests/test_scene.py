@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from splat3d.scene import GaussianScene, rgb_to_sh0, sh0_to_rgb
+from splat3d.scene.gaussians import GaussianScene, rgb_to_sh0, sh0_to_rgb
 
 
 def test_random_ball_initialisation():

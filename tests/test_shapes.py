@@ -7,12 +7,13 @@ import pytest
 import torch
 from helpers import run_cli
 
-from splat3d.cameras import orbit_cameras
-from splat3d.priors import load_prior
-from splat3d.prompts import PromptConfig, PromptProcessor
+from splat3d.distill.priors import load_prior
+from splat3d.distill.prompts import PromptConfig, PromptProcessor
+from splat3d.distill.sample import sample_images
 from splat3d.render import render
-from splat3d.sample import sample_images
+from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
+from splat3d.scene.ply import write_ply
 from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object, parse_prompt
 
@@ -110,7 +111,7 @@ def classifier_folder(tmp_path_factory):
 
 
 def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
-    from splat3d.config import build_config, to_yaml
+    from splat3d.run.config import build_config, to_yaml
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
 
     classifier = load_classifier(classifier_folder)
@@ -128,7 +129,7 @@ def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
 
     run = tmp_path / "run"
     run.mkdir()
-    make_object("red", "house", seed=3).save_ply(run / "scene.ply")
+    write_ply(make_object("red", "house", seed=3), run / "scene.ply")
     cfg = build_config(None, prompt__prompt="a red house", model=str(classifier_folder))
     (run / "config.yaml").write_text(to_yaml(cfg))
     code, out, err = run_cli(capsys, "eval", run)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from splat3d.scene.ply import write_ply
 from splat3d.shapes.world import make_object
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,7 +48,7 @@ def start_view(path, port):
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (CI installs it; apt-get install chromium)")
 def test_browser_shows_the_splats(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-    make_object("red", "sphere").save_ply(tmp_path / "sphere.ply")
+    write_ply(make_object("red", "sphere"), tmp_path / "sphere.ply")
     proc, url = start_view(tmp_path / "sphere.ply", free_port())
     try:
         with playwright.sync_playwright() as p:
@@ -79,7 +80,7 @@ def test_browser_shows_the_splats(tmp_path):
 
 
 def test_view_on_a_busy_port_says_where_it_really_serves(tmp_path):
-    make_object("blue", "cube").save_ply(tmp_path / "cube.ply")
+    write_ply(make_object("blue", "cube"), tmp_path / "cube.ply")
     port = free_port()
     first, url_a = start_view(tmp_path / "cube.ply", port)
     second, url_b = start_view(tmp_path / "cube.ply", port)  # viser moves to a free port

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from splat3d.cameras import orbit_cameras
-from splat3d.prompts import VIEWS, PromptConfig, view_names
+from splat3d.distill.prompts import VIEWS, PromptConfig, view_names
 from splat3d.render import render
+from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object
 
@@ -184,10 +184,10 @@ def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
     evaluator (the model ships no classifier), raise one clear sentence, or
     return None when ``strict`` is False (``batch`` evaluates where it can).
     """
-    from splat3d.checkpoint import load_scene
-    from splat3d.config import build_config
+    from splat3d.distill.priors import builtin_priors
     from splat3d.errors import Splat3dError
-    from splat3d.priors import builtin_priors
+    from splat3d.run.checkpoint import load_scene
+    from splat3d.run.config import build_config
     from splat3d.shapes.world import parse_prompt
 
     run = Path(run)
@@ -216,7 +216,7 @@ def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
 
 
 def write_evaluation(evaluation: Evaluation, path: Path) -> None:
-    from splat3d.fileio import atomic_write
+    from splat3d.io.fileio import atomic_write
 
     text = json.dumps(asdict(evaluation), indent=1)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

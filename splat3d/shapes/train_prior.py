@@ -26,11 +26,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from splat3d.cameras import CameraSampler
-from splat3d.checkpoint import list_checkpoints, load_newest_checkpoint, save_checkpoint, save_torch
-from splat3d.config import CameraConfig, build_config
-from splat3d.prompts import PromptConfig, view_names, view_prompt
+from splat3d.distill.prompts import PromptConfig, view_names, view_prompt
 from splat3d.render import render
+from splat3d.render.cameras import CameraSampler
+from splat3d.run.checkpoint import list_checkpoints, load_newest_checkpoint, save_checkpoint, save_torch
+from splat3d.run.config import CameraConfig, build_config
 from splat3d.shapes.world import COLOURS, KINDS, WORLD_VERSION, make_object, vocabulary
 
 # The CFG scale this prior's 2D samples are judged best at (benchmarks/shapes_prior.py, 240 DDIM-50 samples
@@ -123,7 +123,7 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from splat3d.priors.tiny import build_clip_tokenizer
+    from splat3d.distill.priors.tiny import build_clip_tokenizer
 
     torch.manual_seed(cfg.seed)
     tokenizer = build_clip_tokenizer(tokenizer_dir, vocabulary(), max_length=16)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from splat3d.scene import GaussianScene, rgb_to_sh0
+from splat3d.scene.gaussians import GaussianScene, rgb_to_sh0
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.12, 0.10),

@@ -21,9 +21,9 @@ from typing import Any, List, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from splat3d.distill.guidance.common import GuidanceConfig
+from splat3d.distill.prompts import PromptConfig
 from splat3d.errors import Splat3dError
-from splat3d.guidance.common import GuidanceConfig
-from splat3d.prompts import PromptConfig
 
 BACKGROUNDS = ("white", "black", "random", "learned")
 
@@ -290,7 +290,7 @@ def from_yaml_text(text: str) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings a run cannot use, with one sentence each."""
-    from splat3d.guidance import REGISTRY
+    from splat3d.distill.guidance import REGISTRY
 
     def bad(msg: str):
         raise Splat3dError(msg)

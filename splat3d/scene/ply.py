@@ -26,8 +26,8 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from splat3d.errors import Splat3dError
-from splat3d.fileio import atomic_write
-from splat3d.scene import GaussianScene, num_sh_bases, sh_degree_from_rest
+from splat3d.io.fileio import atomic_write
+from splat3d.scene.gaussians import GaussianScene, num_sh_bases, sh_degree_from_rest
 
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip

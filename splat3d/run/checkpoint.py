@@ -22,7 +22,7 @@ import torch
 
 from splat3d import __version__
 from splat3d.errors import Splat3dError
-from splat3d.fileio import atomic_write
+from splat3d.io.fileio import atomic_write
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d{6,})\.pt$")
@@ -144,8 +144,8 @@ def set_rng_state(state: dict) -> None:
 
 def load_scene(source: Union[str, Path]):
     """A scene from a run folder (its scene.ply, else its last checkpoint), a checkpoint (.pt) or a .ply."""
-    from splat3d.ply import read_ply
     from splat3d.scene import GaussianScene
+    from splat3d.scene.ply import read_ply
 
     source = Path(source)
     if source.is_dir():

@@ -2,7 +2,7 @@
 
 Each camera gets "<prompt>, front view", "..., side view", "..., back view" or
 "..., overhead view" from its azimuth and elevation (threestudio's scheme,
-DreamFusion's idea). Azimuth 0 is the object's front (see splat3d.cameras).
+DreamFusion's idea). Azimuth 0 is the object's front (see splat3d.render.cameras).
 Embeddings are computed once per distinct text and cached by the prior.
 """
 

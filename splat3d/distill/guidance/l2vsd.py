@@ -13,8 +13,8 @@ The linear term can be "exact", "last_layer" (tangent on the last LoRA
 layer only) or "finite_difference" (one extra ordinary forward).
 """
 
-from splat3d.guidance import register
-from splat3d.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance import register
+from splat3d.distill.guidance.common import Guidance, GuidanceOutput
 
 
 @register("l2vsd")

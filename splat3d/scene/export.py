@@ -1,6 +1,6 @@
 """Scenes for other viewers: formats and up axes.
 
-- ``ply``: the INRIA layout (splat3d.ply), with optional SH padding to degree 3.
+- ``ply``: the INRIA layout (splat3d.scene.ply), with optional SH padding to degree 3.
 - ``splat`` (antimatter15/splat and many web viewers) and ``ply_compressed``
   (SuperSplat's compressed PLY): written by gsplat's ``export_splats``.
 
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from splat3d.errors import Splat3dError
-from splat3d.scene import GaussianScene, num_sh_bases
+from splat3d.scene.gaussians import GaussianScene, num_sh_bases
+from splat3d.scene.ply import write_ply
 
 FORMATS = ("ply", "splat", "ply_compressed")
 UP_AXES = {
@@ -97,7 +98,7 @@ def export_scene(
     """Write ``scene`` for viewers; returns the number of Gaussians written."""
     from gsplat import export_splats
 
-    from splat3d.fileio import atomic_write
+    from splat3d.io.fileio import atomic_write
 
     if fmt not in FORMATS:
         raise Splat3dError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -105,7 +106,7 @@ def export_scene(
         raise Splat3dError(f"--sh-degree {sh_degree} is out of range; choose 0..3.")
     scene = reorient(scene, up)
     if fmt == "ply":
-        return scene.save_ply(path, sh_degree=sh_degree)
+        return write_ply(scene, path, sh_degree=sh_degree)
     if sh_degree is not None:
         scene = scene.with_sh_degree(sh_degree)
     raw = {k: v.float().cpu() for k, v in scene.raw().items()}

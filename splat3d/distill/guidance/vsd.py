@@ -5,8 +5,8 @@ LoRA as it was *before* this step's update; the LoRA is then fit to this
 step's (detached) renders. The paper calls that order the mismatch.
 """
 
-from splat3d.guidance import register
-from splat3d.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance import register
+from splat3d.distill.guidance.common import Guidance, GuidanceOutput
 
 
 @register("vsd")

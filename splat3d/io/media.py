@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat3d.fileio import atomic_write
+from splat3d.io.fileio import atomic_write
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

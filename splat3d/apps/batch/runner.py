@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from splat3d.errors import Splat3dError
-from splat3d.fileio import FolderInUse, FolderLock, atomic_write, ensure_writable_dir, slug
+from splat3d.io.fileio import FolderInUse, FolderLock, atomic_write, ensure_writable_dir, slug
 
 STATUS_FILE = "batch.json"
 JOB_KEYS = ("prompt", "method", "model", "seed", "steps", "set", "config", "name")
@@ -57,7 +57,7 @@ class Job:
     line: int = 0
 
     def build_config(self):
-        from splat3d.config import build_config
+        from splat3d.run.config import build_config
 
         return build_config(
             self.config, self.sets, prompt__prompt=self.prompt, method=self.method, model=self.model,
@@ -113,7 +113,7 @@ def read_jobs(path: Path, defaults: Job) -> list[Job]:
     except (OSError, UnicodeDecodeError) as e:
         raise Splat3dError(f"Cannot read prompt file {path} ({e}); give a UTF-8 text file.") from None
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
-    from splat3d.priors import builtin_priors
+    from splat3d.distill.priors import builtin_priors
 
     builtins = builtin_priors()
     jobs: list[Job] = []
@@ -187,9 +187,9 @@ def run_job(job: dict, root: str, threads: Optional[int] = None) -> dict:
 def _run_job_locked(spec: Job, job: dict, run_dir: Path, threads: Optional[int]) -> dict:
     import torch
 
-    from splat3d.checkpoint import list_checkpoints
+    from splat3d.run.checkpoint import list_checkpoints
+    from splat3d.run.trainer import RunInterrupted, Trainer, prepare_run_folder
     from splat3d.shapes.evaluate import evaluate_run
-    from splat3d.train import RunInterrupted, Trainer, prepare_run_folder
 
     previous = read_status(run_dir) or {}
     if previous.get("status") == "done":
@@ -234,7 +234,7 @@ def _run_job_locked(spec: Job, job: dict, run_dir: Path, threads: Optional[int])
 
 def _run_with_retries(job: dict, root: str, threads: Optional[int], retries: int) -> dict:
     """Local backends retry here; Ray retries its tasks itself."""
-    from splat3d.train import RunInterrupted
+    from splat3d.run.trainer import RunInterrupted
 
     for attempt in range(retries + 1):
         try:
@@ -328,7 +328,7 @@ def _run_all(jobs: list[Job], todo: list[Job], root: Path, backend: Backend, sta
 
 
 def _finish(state: BatchState, job: Job, get: Callable[[], dict], on_update) -> None:
-    from splat3d.train import RunInterrupted
+    from splat3d.run.trainer import RunInterrupted
 
     try:
         get()

@@ -9,8 +9,8 @@ A new method is one new file with a ``@register("name")`` class.
 
 from __future__ import annotations
 
+from splat3d.distill.guidance.common import Guidance, GuidanceConfig, GuidanceOutput
 from splat3d.errors import Splat3dError
-from splat3d.guidance.common import Guidance, GuidanceConfig, GuidanceOutput
 
 REGISTRY: dict[str, type[Guidance]] = {}
 
@@ -32,6 +32,6 @@ def make_guidance(name: str, prior, prompt, config: GuidanceConfig | None = None
 
 
 # Importing the method files registers them.
-from splat3d.guidance import l2vsd, lvsd, sds, vsd  # noqa: E402, F401
+from splat3d.distill.guidance import l2vsd, lvsd, sds, vsd  # noqa: E402, F401
 
 __all__ = ["REGISTRY", "Guidance", "GuidanceConfig", "GuidanceOutput", "make_guidance", "register"]

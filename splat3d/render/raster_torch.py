@@ -40,7 +40,7 @@ from gsplat.cuda._torch_impl import (
 )
 from torch import Tensor
 
-from splat3d.scene import SH_C0
+from splat3d.scene.gaussians import SH_C0
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat: fragments below this are skipped
 MAX_ALPHA = 0.999  # gsplat's clamp (the INRIA code used 0.99)

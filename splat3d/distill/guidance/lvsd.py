@@ -5,8 +5,8 @@ eps_phi is evaluated with the updated LoRA. Sharper but prone to overfitting
 the single particle; kept for ablation.
 """
 
-from splat3d.guidance import register
-from splat3d.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance import register
+from splat3d.distill.guidance.common import Guidance, GuidanceOutput
 
 
 @register("lvsd")

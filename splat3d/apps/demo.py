@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from splat3d.scene import GaussianScene, rgb_to_sh0
+from splat3d.scene.gaussians import GaussianScene, rgb_to_sh0
 
 
 def _surface(points: torch.Tensor, rgb: torch.Tensor, scale: float) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from splat3d.config import StrategyConfig
+from splat3d.run.config import StrategyConfig
 
 
 def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):

@@ -25,8 +25,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from splat3d.cameras import Cameras
-from splat3d.prompts import PromptProcessor
+from splat3d.distill.prompts import PromptProcessor
+from splat3d.render.cameras import Cameras
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_ADAPTER = "splat3d_lora"

@@ -13,8 +13,8 @@ from typing import Literal, Union
 import torch
 from torch import Tensor
 
-from splat3d import raster_torch
-from splat3d.cameras import Cameras
+from splat3d.render import raster_torch
+from splat3d.render.cameras import Cameras
 from splat3d.scene import GaussianScene
 
 Backend = Literal["auto", "gsplat", "torch"]

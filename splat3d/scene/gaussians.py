@@ -18,7 +18,6 @@ properties), never keep references: a strategy swaps them for new tensors.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence, Union
 
 import torch
@@ -190,18 +189,6 @@ class GaussianScene:
         shN = torch.zeros(count, num_sh_bases(sh_degree) - 1, 3, dtype=dtype)
         scene = cls(means, scales, quats, opacities, sh0, shN)
         return scene.to(device=device) if device is not None else scene
-
-    @classmethod
-    def from_ply(cls, path: Union[str, Path]) -> GaussianScene:
-        from splat3d.ply import read_ply
-
-        return read_ply(path)
-
-    def save_ply(self, path: Union[str, Path], sh_degree: int | None = None) -> int:
-        """Write the INRIA layout; returns the number of rows written."""
-        from splat3d.ply import write_ply
-
-        return write_ply(self, path, sh_degree=sh_degree)
 
     def __repr__(self) -> str:
         return f"GaussianScene(n={len(self)}, sh_degree={self.sh_degree}, device={self.device})"

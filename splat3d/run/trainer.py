@@ -26,18 +26,19 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from splat3d.cameras import CameraSampler, turntable
-from splat3d.checkpoint import list_checkpoints, load_newest_checkpoint, rng_state, save_checkpoint, set_rng_state
-from splat3d.config import RunConfig, from_yaml_text, to_yaml
+from splat3d.distill.guidance import make_guidance
+from splat3d.distill.priors import default_model, load_prior
+from splat3d.distill.prompts import PromptProcessor
 from splat3d.errors import Splat3dError
-from splat3d.fileio import AppendLog, FolderLock, WriteFailed, atomic_write, ensure_writable_dir
-from splat3d.guidance import make_guidance
-from splat3d.media import grid, save_png, save_video, to_uint8
-from splat3d.priors import default_model, load_prior
-from splat3d.prompts import PromptProcessor
+from splat3d.io.fileio import AppendLog, FolderLock, WriteFailed, atomic_write, ensure_writable_dir
+from splat3d.io.media import grid, save_png, save_video, to_uint8
 from splat3d.render import render, resolve_device
+from splat3d.render.cameras import CameraSampler, turntable
+from splat3d.run.checkpoint import list_checkpoints, load_newest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from splat3d.run.config import RunConfig, from_yaml_text, to_yaml
+from splat3d.run.strategy import initialize_state, make_strategy, step_post_backward
 from splat3d.scene import PARAM_NAMES, GaussianScene
-from splat3d.strategy import initialize_state, make_strategy, step_post_backward
+from splat3d.scene.ply import read_ply, write_ply
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "scene.ply", "config.yaml", "preview.png", "views.png",
                "turntable.mp4", "turntable.gif", "renders", "eval.json")  # fmt: skip
@@ -115,7 +116,7 @@ class Trainer:
     def _initial_scene(self) -> GaussianScene:
         init = self.config.init
         if init.kind == "ply":
-            return GaussianScene.from_ply(init.path).with_sh_degree(init.sh_degree)
+            return read_ply(init.path).with_sh_degree(init.sh_degree)
         return GaussianScene.random_ball(
             init.count, init.radius, init.opacity, init.color, init.sh_degree,
             generator=torch.Generator().manual_seed(self.config.seed),
@@ -287,7 +288,7 @@ class Trainer:
 
     def write_final(self) -> None:
         o = self.config.output
-        self.scene.save_ply(self.out / "scene.ply")
+        write_ply(self.scene, self.out / "scene.ply")
         save_png(grid(self.render_views(o.final_views, o.video_size), columns=min(4, o.final_views)),
                  self.out / "views.png")  # fmt: skip
         save_video(self.render_views(o.video_frames, o.video_size), self.out / "turntable.mp4")

@@ -1,0 +1,1 @@
+"""The floor every layer stands on: files that survive crashes and full disks, folder locks, pictures and videos."""
