@@ -110,6 +110,8 @@ def component_times(folder: str, batch: int, reps: int = 10) -> dict:
     """UNet forward, LoRA-branch forward, the jvp and the LoRA training step, alone."""
     import torch
 
+    from splat3d.distill.guidance.l2vsd import last_layer
+
     guidance, images, cams = setup(folder, "l2vsd", {}, batch)
     score = guidance.score
     inputs = guidance.prepare(images, cams, 0)
@@ -128,8 +130,8 @@ def component_times(folder: str, batch: int, reps: int = 10) -> dict:
     return {
         "unet forward (default kernels)": plain,
         "LoRA-branch forward (math SDPA)": timed(lambda: score.eps(*args)),
-        "jvp: forward + tangent (exact)": timed(lambda: score.eps_and_linear_term(*args, direction, "exact")),
-        "jvp (last_layer)": timed(lambda: score.eps_and_linear_term(*args, direction, "last_layer")),
+        "jvp: forward + tangent (exact)": timed(lambda: score.eps_and_jvp(*args, direction)),
+        "jvp (last_layer)": timed(lambda: score.eps_and_jvp(*args, last_layer(direction))),
         "LoRA loss forward + backward": timed(
             lambda: score.compute_gradient(inputs.z, inputs.draw, inputs.text, inputs.camera)
         ),

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from splat3d.distill.guidance import REGISTRY, GuidanceConfig, make_guidance
-from splat3d.distill.guidance.common import LORA_ADAPTER, pretrained_eps
+from splat3d.distill.guidance.base import pretrained_eps
+from splat3d.distill.guidance.l2vsd import last_layer
+from splat3d.distill.guidance.lora import LORA_ADAPTER
 from splat3d.distill.priors import load_prior
 from splat3d.distill.prompts import PromptConfig, PromptProcessor, view_names
 from splat3d.errors import Splat3dError
@@ -145,7 +147,7 @@ def test_linear_term_matches_central_difference(tiny_priors, dtype, tol, h, kind
     camera = inputs.camera.to(dtype)
     g = torch.Generator().manual_seed(3)
     direction = {n: torch.randn(p.shape, generator=g, dtype=dtype) * 0.1 for n, p in score.params.items()}
-    eps, linear = score.eps_and_linear_term(inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, direction)
+    eps, linear = score.eps_and_jvp(inputs.x_t.to(dtype), inputs.draw.t, inputs.text, camera, direction)
 
     def shifted(sign):
         params = {n: p.detach() + sign * h * direction[n] for n, p in score.params.items()}
@@ -212,19 +214,19 @@ def test_linear_term_variants_agree(tiny_priors):
     args = (inputs.x_t, inputs.draw.t, inputs.text, inputs.camera)
     g = torch.Generator().manual_seed(5)
     direction = {n: torch.randn(p.shape, generator=g) * 1e-2 for n, p in score.params.items()}
-    _, exact = score.eps_and_linear_term(*args, direction, "exact")
-    _, fd = score.eps_and_linear_term(*args, direction, "finite_difference", fd_step=0.1)
+    _, exact = score.eps_and_jvp(*args, direction)
+    _, fd = score.eps_and_finite_difference(*args, direction, h=0.1)
     rel_fd = ((fd - exact).norm() / exact.norm()).item()
     assert rel_fd < 2e-2, f"finite_difference vs exact: {rel_fd:.2e}"
     # With the direction on the last LoRA layer only, last_layer is exact.
-    last = set(score.last_layer_names())
+    last = set(last_layer(direction))
     assert 0 < len(last) < len([n for n in score.params if "lora_" in n])
     only_last = {n: (d if n in last else torch.zeros_like(d)) for n, d in direction.items()}
-    _, exact_last = score.eps_and_linear_term(*args, only_last, "exact")
-    _, last_layer = score.eps_and_linear_term(*args, direction, "last_layer")
-    torch.testing.assert_close(last_layer, exact_last, rtol=1e-5, atol=1e-7)
+    _, exact_last = score.eps_and_jvp(*args, only_last)
+    _, on_last_layer = score.eps_and_jvp(*args, last_layer(direction))
+    torch.testing.assert_close(on_last_layer, exact_last, rtol=1e-5, atol=1e-7)
     # and it carries only part of the full term
-    assert (last_layer - exact).norm() > 1e-3 * exact.norm()
+    assert (on_last_layer - exact).norm() > 1e-3 * exact.norm()
 
 
 @pytest.mark.parametrize("method", ["vsd", "l2vsd"])

@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from splat3d.distill.guidance.common import GuidanceConfig
+from splat3d.distill.guidance.base import GuidanceConfig
 from splat3d.distill.prompts import PromptConfig
 from splat3d.errors import Splat3dError
 

@@ -5,14 +5,12 @@ eps_phi is evaluated with the updated LoRA. Sharper but prone to overfitting
 the single particle; kept for ablation.
 """
 
-from splat3d.distill.guidance import register
-from splat3d.distill.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance.base import GuidanceOutput, register
+from splat3d.distill.guidance.lora import LoRAGuidance
 
 
 @register("lvsd")
-class LVSD(Guidance):
-    uses_lora = True
-
+class LVSD(LoRAGuidance):
     def __call__(self, images, cameras, step: int) -> GuidanceOutput:
         inputs = self.prepare(images, cameras, step)
         lora_loss = self.score.train_step(inputs.z, inputs.draw, inputs.text, inputs.camera)

@@ -1,7 +1,6 @@
 """SDS (DreamFusion): grad = w(t) (eps_pretrained - eps), with a large CFG scale."""
 
-from splat3d.distill.guidance import register
-from splat3d.distill.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance.base import Guidance, GuidanceOutput, register
 
 
 @register("sds")

@@ -5,14 +5,12 @@ LoRA as it was *before* this step's update; the LoRA is then fit to this
 step's (detached) renders. The paper calls that order the mismatch.
 """
 
-from splat3d.distill.guidance import register
-from splat3d.distill.guidance.common import Guidance, GuidanceOutput
+from splat3d.distill.guidance.base import GuidanceOutput, register
+from splat3d.distill.guidance.lora import LoRAGuidance
 
 
 @register("vsd")
-class VSD(Guidance):
-    uses_lora = True
-
+class VSD(LoRAGuidance):
     def __call__(self, images, cameras, step: int) -> GuidanceOutput:
         inputs = self.prepare(images, cameras, step)
         eps_phi = self.score.eps(inputs.x_t, inputs.draw.t, inputs.text, inputs.camera)

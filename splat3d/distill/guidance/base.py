@@ -1,0 +1,224 @@
+"""What every score-distillation method shares, and the registry that names them.
+
+- GuidanceConfig: the knobs of all methods (each preset sets what it needs).
+- The timestep range and its annealing; w(t) = 1 - abar_t.
+- Classifier-free guidance of the frozen ("pretrained") branch.
+- The target trick: a loss whose gradient w.r.t. z is exactly grad / B.
+- The random draws of one step, in one fixed order.
+- Guidance: the interface (images, cameras, step) -> loss and logs, and the
+  per-step preparation all methods share; ``register`` and ``make_guidance``.
+
+The VSD family's LoRA score model is in lora.py. See
+../shared/design/L2VSD.md (in the repository's shared notes) for the
+algorithms; threestudio's stable_diffusion_vsd_guidance for the details the
+paper leaves open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from splat3d.distill.prompts import PromptProcessor
+from splat3d.errors import Splat3dError
+from splat3d.render.cameras import Cameras
+
+
+@dataclass
+class GuidanceConfig:
+    """Settings of the score-distillation methods."""
+
+    guidance_scale: float = 7.5
+    """CFG scale of the pretrained branch (SDS uses ~100, the VSD family 7.5)."""
+    min_step_percent: float = 0.02
+    """Smallest timestep, as a fraction of the prior's T."""
+    max_step_percent: float = 0.98
+    """Largest timestep, as a fraction of T, before annealing."""
+    max_step_percent_annealed: float = 0.5
+    """Largest timestep after annealing."""
+    anneal_start_step: int | None = None
+    """Step at which the largest timestep starts to fall; None keeps it fixed."""
+    anneal_end_step: int | None = None
+    """Step at which it reaches max_step_percent_annealed (default: start + 1)."""
+    lora_rank: int = 4
+    """Rank of the LoRA on to_q, to_k, to_v, to_out.0 of every attention layer."""
+    lora_lr: float = 1e-4
+    """AdamW learning rate of the LoRA and camera embedding."""
+    camera_condition_drop: float = 0.1
+    """Fraction of LoRA training samples whose camera is zeroed."""
+    lookahead_scale: float = 1.0
+    """L2-VSD's eta: the lookahead direction is -eta * grad of the LoRA loss (1.0: the method benchmark's pick)."""
+    linear_term: str = "exact"
+    """L2-VSD's linear term: exact (forward-mode jvp), last_layer, finite_difference."""
+    finite_difference_step: float = 0.1
+    """h in (eps(phi + h dphi) - eps(phi)) / h for linear_term=finite_difference."""
+    seed: int = 0
+    """Seed of the guidance's own random draws (timesteps, noise, camera drop)."""
+
+
+# --------------------------------------------------------------- timesteps
+def timestep_bounds(config: GuidanceConfig, step: int, num_train_timesteps: int) -> tuple[int, int]:
+    """Inclusive [lo, hi] timestep range at ``step``, with linear annealing of hi."""
+    hi_frac = config.max_step_percent
+    if config.anneal_start_step is not None and step >= config.anneal_start_step:
+        end = config.anneal_end_step or config.anneal_start_step + 1
+        frac = min(1.0, (step - config.anneal_start_step) / max(1, end - config.anneal_start_step))
+        hi_frac = config.max_step_percent + frac * (config.max_step_percent_annealed - config.max_step_percent)
+    lo = int(num_train_timesteps * config.min_step_percent)
+    hi = max(lo, int(num_train_timesteps * hi_frac))
+    return lo, min(hi, num_train_timesteps - 1)
+
+
+def weighting(prior, t: Tensor) -> Tensor:
+    """w(t) = 1 - abar_t, shaped [B, 1, 1, 1]."""
+    return (1.0 - prior.alphas_cumprod[t]).reshape(-1, 1, 1, 1)
+
+
+def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def target_loss(z: Tensor, grad: Tensor) -> Tensor:
+    """0.5 ||z - sg(z - grad)||² / B: its gradient w.r.t. z is exactly grad / B."""
+    grad = torch.nan_to_num(grad.detach())
+    target = (z - grad).detach()
+    return 0.5 * ((z - target) ** 2).sum() / z.shape[0]
+
+
+@torch.no_grad()
+def pretrained_eps(prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """The frozen prior's noise prediction with CFG (adapters and camera off)."""
+    x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+    eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat([cond, uncond])), x2, t2)
+    eps_cond, eps_uncond = eps.chunk(2)
+    return classifier_free_guidance(eps_uncond, eps_cond, scale)
+
+
+# ----------------------------------------------------------- random draws
+@dataclass
+class NoiseDraw:
+    """The random numbers of one step, drawn in one fixed order."""
+
+    t: Tensor  # [B] timesteps for the image gradient
+    noise: Tensor  # like z
+    t_lora: Tensor | None = None  # [B] timesteps for the LoRA loss, uniform in [0, T)
+    noise_lora: Tensor | None = None
+    camera_keep: Tensor | None = None  # [B, 1] 0 where the camera is dropped
+
+
+def draw_noise(
+    generator: torch.Generator, z: Tensor, bounds: tuple[int, int], num_train_timesteps: int,
+    camera_drop: float | None = None,
+) -> NoiseDraw:  # fmt: skip
+    """Draw on the CPU generator (reproducible and checkpointable), then move."""
+    b, dev = z.shape[0], z.device
+    t = torch.randint(bounds[0], bounds[1] + 1, (b,), generator=generator)
+    noise = torch.randn(z.shape, generator=generator)
+    draw = NoiseDraw(t=t.to(dev), noise=noise.to(dev))
+    if camera_drop is not None:
+        draw.t_lora = torch.randint(0, num_train_timesteps, (b,), generator=generator).to(dev)
+        draw.noise_lora = torch.randn(z.shape, generator=generator).to(dev)
+        draw.camera_keep = (torch.rand(b, 1, generator=generator) >= camera_drop).float().to(dev)
+    return draw
+
+
+# -------------------------------------------------------------- interface
+@dataclass
+class GuidanceOutput:
+    loss: Tensor  # scalar; backward() carries the guidance gradient to the images
+    logs: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepInputs:
+    """What every method computes first, from the renders and cameras."""
+
+    z: Tensor  # renders in the prior's space, with grad
+    draw: NoiseDraw
+    x_t: Tensor  # noised detached z
+    eps_pretrained: Tensor  # CFG prediction of the frozen prior
+    text: Tensor  # the plain prompt's embedding (LoRA branch)
+    camera: Tensor  # [B, 16] flattened camera-to-world
+
+
+class Guidance:
+    """Base class: ``guidance(images, cameras, step) -> GuidanceOutput``.
+
+    images are renders [B, 3, H, W] in [0, 1]; the returned loss's gradient
+    w.r.t. them is the method's score-distillation gradient. Methods with a
+    LoRA update it inside the call.
+    """
+
+    name: str = "base"
+    uses_lora: bool = False
+    score = None  # the VSD family's LoRAScoreModel (lora.py); None for SDS
+
+    def __init__(self, prior, prompt: PromptProcessor, config: GuidanceConfig | None = None):
+        self.prior = prior
+        self.prompt = prompt
+        self.config = config or GuidanceConfig()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    def __call__(self, images: Tensor, cameras: Cameras, step: int) -> GuidanceOutput:
+        raise NotImplementedError
+
+    def prepare(self, images: Tensor, cameras: Cameras, step: int) -> StepInputs:
+        prior, cfg = self.prior, self.config
+        assert images.ndim == 4 and images.shape[1] == 3, f"images must be [B, 3, H, W], got {tuple(images.shape)}"
+        assert len(cameras) == images.shape[0], "one camera per image"
+        z = prior.encode_images(images)
+        bounds = timestep_bounds(cfg, step, prior.num_train_timesteps)
+        draw = draw_noise(
+            self.generator, z, bounds, prior.num_train_timesteps,
+            camera_drop=cfg.camera_condition_drop if self.uses_lora else None,
+        )  # fmt: skip
+        x_t = prior.add_noise(z.detach(), draw.noise, draw.t)
+        elevation, azimuth = cameras.angles()
+        b = z.shape[0]
+        eps_pre = pretrained_eps(
+            prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
+            cfg.guidance_scale,
+        )  # fmt: skip
+        camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
+        return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera)
+
+    def output(self, inputs: StepInputs, eps_target: Tensor, **logs) -> GuidanceOutput:
+        """Turn w(t) (eps_pretrained - eps_target) into the target-trick loss."""
+        grad = weighting(self.prior, inputs.draw.t) * (inputs.eps_pretrained - eps_target)
+        grad = torch.nan_to_num(grad)
+        loss = target_loss(inputs.z, grad)
+        logs = {"grad_norm": grad.norm().item(), "t": inputs.draw.t.float().mean().item(), **logs}
+        return GuidanceOutput(loss, logs)
+
+    # --------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything that changes during a run (never the frozen prior)."""
+        return {"method": self.name, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        assert state["method"] == self.name, f"state is for {state['method']!r}, not {self.name!r}"
+        self.generator.set_state(state["generator"])
+
+
+# --------------------------------------------------------------- registry
+REGISTRY: dict[str, type[Guidance]] = {}
+
+
+def register(name: str):
+    """Class decorator: ``@register("l2vsd")`` makes a method available by name."""
+
+    def wrap(cls: type[Guidance]) -> type[Guidance]:
+        assert name not in REGISTRY, f"guidance {name!r} is registered twice"
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_guidance(name: str, prior, prompt, config: GuidanceConfig | None = None) -> Guidance:
+    if name not in REGISTRY:
+        raise Splat3dError(f"Unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))}.")
+    return REGISTRY[name](prior, prompt, config)
