@@ -24,6 +24,7 @@ themselves, so the report's time columns and frontier leave them out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -81,20 +82,19 @@ def run_one(
     from splat3d.distill.priors import builtin_priors
     from splat3d.io.media import grid, save_png
     from splat3d.run.config import build_config
-    from splat3d.run.trainer import Trainer
+    from splat3d.run.trainer import start_run
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
     from splat3d.shapes.world import parse_prompt
 
     cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method=method, seed=seed)
-    cfg.steps *= budget
+    cfg = dataclasses.replace(cfg, steps=cfg.steps * budget)
     spec = parse_prompt(prompt)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp) / "run")
-        trainer.out.mkdir()
-        t0 = time.perf_counter()
-        trainer.run()
-        wall = time.perf_counter() - t0
-        rows = [json.loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+        with start_run(cfg, Path(tmp) / "run") as trainer:
+            t0 = time.perf_counter()
+            trainer.run()
+            wall = time.perf_counter() - t0
+        rows = [json.loads(x) for x in trainer.folder.metrics_path.read_text().splitlines()]
         folder = builtin_priors().get(model) or Path(model)
         evaluation = evaluate_scene(trainer.scene, spec.colour, spec.kind, load_classifier(folder))
         frames = trainer.render_views(4, 64)

@@ -29,15 +29,14 @@ METHODS = ["sds", "vsd", "lvsd", "l2vsd"]
 
 def child(prior: str, method: str, steps: int, out: str) -> dict:
     from splat3d.run.config import build_config
-    from splat3d.run.trainer import Trainer
+    from splat3d.run.trainer import start_run
 
     overrides = ["output.checkpoint_every=1000000", "output.preview_every=1000000", "output.video_frames=2",
                  "output.final_views=2", "output.video_size=32"]  # fmt: skip
     cfg = build_config("cpu", overrides, prompt__prompt="a red cube", model=prior, method=method, steps=steps)
-    trainer = Trainer(cfg, Path(out))
-    trainer.out.mkdir(parents=True)
-    trainer.run()
-    rows = [json.loads(x) for x in (trainer.out / "metrics.jsonl").read_text().splitlines()]
+    with start_run(cfg, Path(out)) as trainer:
+        trainer.run()
+    rows = [json.loads(x) for x in trainer.folder.metrics_path.read_text().splitlines()]
     per_step = [b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])]
     return {
         "method": method,

@@ -29,13 +29,11 @@ RESULTS = ROOT / "benchmarks" / "results" / "viewer.json"
 
 def run(prior: str, out: Path, steps: int, live=None) -> list[float]:
     from splat3d.run.config import build_config
-    from splat3d.run.trainer import Trainer
+    from splat3d.run.trainer import start_run
 
     overrides = ["output.checkpoint_every=1000000", "output.preview_every=1000000", "output.video_frames=2",
                  "output.final_views=2", "output.video_size=32", "init.count=3000"]  # fmt: skip
     cfg = build_config(None, overrides, prompt__prompt="a red cube", model=prior, steps=steps, seed=1)
-    trainer = Trainer(cfg, out)
-    out.mkdir(parents=True)
     times, last = [], [time.perf_counter()]
 
     def on_step(step, logs):
@@ -45,7 +43,8 @@ def run(prior: str, out: Path, steps: int, live=None) -> list[float]:
         if live:
             live.offer(trainer.scene, f"step {step}")
 
-    trainer.run(on_step=on_step)
+    with start_run(cfg, out) as trainer:
+        trainer.run(on_step=on_step)
     return times[5:]
 
 

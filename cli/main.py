@@ -120,9 +120,9 @@ def render(
 
     from splat3d.io.media import save_png, save_video, to_uint8
     from splat3d.render import resolve_device
-    from splat3d.render.cameras import load_cameras_json, parse_size, turntable
+    from splat3d.render.cameras import framing_radius, load_cameras_json, parse_size, turntable
     from splat3d.render.rasterize import render as render_scene
-    from splat3d.run.checkpoint import load_scene
+    from splat3d.run.folder import RunFolder, load_scene
 
     if scene.is_dir() and cameras is None and orbit is None:
         orbit = 48  # a run folder: its turntable
@@ -131,7 +131,7 @@ def render(
     if out is None:
         if not scene.is_dir():
             raise Splat3dError("Say where to write the views with --out DIR.")
-        out = scene / "renders"
+        out = RunFolder(scene).renders_dir
     if orbit is not None and not 1 <= orbit <= 10000:
         raise Splat3dError(f"--orbit {orbit} is out of range; ask for 1 to 10000 views.")
     if not 0.0 < fovy < 180.0:
@@ -150,7 +150,7 @@ def render(
             cams = cams.resized(*wh)
     else:
         w, h = wh or (256, 256)
-        cams = turntable(orbit, elevation, radius or _fit_radius(s, fovy), fovy, w, h)
+        cams = turntable(orbit, elevation, radius or framing_radius(s, fovy), fovy, w, h)
     ensure_writable_dir(out)
 
     s = s.to(dev)
@@ -181,18 +181,6 @@ def _parse_background(text: str):
     if len(rgb) != 3 or not all(0.0 <= v <= 1.0 for v in rgb):
         raise Splat3dError(f"Background {text!r} is not valid; use white, black, or R,G,B in [0, 1].")
     return rgb
-
-
-def _fit_radius(scene, fovy: float) -> float:
-    """Orbit radius at which the scene's bulk (98% of centres) fills the view."""
-    import torch
-
-    from splat3d.render.cameras import default_fovy_radius
-
-    if len(scene) == 0:
-        return 3.0
-    extent = torch.quantile(scene.means.detach().norm(dim=-1).double(), 0.98).item()
-    return default_fovy_radius(max(extent, 1e-3), fovy)
 
 
 @app.command()
@@ -236,17 +224,16 @@ def generate(
     port: int = typer.Option(8080, "--port", help="Port of the --viewer."),
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
+    from splat3d.distill.priors import CPU_DEFAULT_MODEL
     from splat3d.run.config import build_config
-    from splat3d.run.trainer import Trainer, check_run_folder, prepare_run_folder
+    from splat3d.run.trainer import resume_run, start_run
 
     if resume is not None:
         if prompt or config or set_ or method or model or init or overwrite or seed is not None or out:
             raise Splat3dError(
                 "--resume continues a run as it was configured; pass only --resume DIR (and --steps, --device)."
             )
-        if steps is not None and steps <= 0:
-            raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
-        run_dir, cfg = resume, None
+        opened = resume_run(resume, steps=steps, device=device)
     else:
         if prompt is None and config is None:
             raise Splat3dError('Give a prompt, e.g. splat3d generate "a red cube" (or --config RUN/config.yaml).')
@@ -254,38 +241,23 @@ def generate(
             config, set_, prompt__prompt=prompt, method=method, model=model, steps=steps, seed=seed,
             device=device, init__kind="ply" if init else None, init__path=str(init) if init else None,
         )  # fmt: skip
-        if init is not None and not init.is_file():
-            raise Splat3dError(f"Init scene {init} does not exist; check the path given to --init.")
-        run_dir = out or Path("runs") / slug(cfg.prompt.prompt)
-    # One live process per run folder, held from the first look at the folder to the last file written.
-    hint = "before resuming it" if cfg is None else "or choose another --out"
-    with FolderLock(run_dir, "splat3d generate", hint=hint):
-        if cfg is None:
-            trainer = Trainer.resume(resume, steps=steps, device=device)
-        else:
-            check_run_folder(run_dir, overwrite)
-            if cfg.model == "auto":
-                from splat3d.distill.priors import default_model
-                from splat3d.render import resolve_device
-
-                cfg.model = default_model(resolve_device(cfg.device))
-                if cfg.model == "shapes":
-                    err_console.print(
-                        "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "
-                        "choose another model with --model (a hub id or a local diffusers folder)."
-                    )
-            trainer = Trainer(cfg, run_dir)  # loads the model before anything is written
-            prepare_run_folder(run_dir, overwrite)
-        _train(trainer, run_dir, quiet, viewer, port)
+        if model is None and cfg.model == CPU_DEFAULT_MODEL:
+            err_console.print(
+                "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "
+                "choose another model with --model (a hub id or a local diffusers folder)."
+            )
+        opened = start_run(cfg, out or Path("runs") / slug(cfg.prompt.prompt), overwrite)
+    with opened as trainer:  # the run folder is locked until the run ends
+        _train(trainer, quiet, viewer, port)
 
 
-def _train(trainer, run_dir: Path, quiet: bool, viewer: bool, port: int) -> None:
+def _train(trainer, quiet: bool, viewer: bool, port: int) -> None:
     """Run a trainer to its last step with a progress bar (and the live view)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from splat3d.run.trainer import NonFiniteRun, RunInterrupted
 
-    cfg = trainer.config
+    cfg, run_dir = trainer.config, trainer.out
     if not quiet:
         err_console.print(f'splat3d {cfg.method} · {cfg.model} · {trainer.device} · "{cfg.prompt.prompt}" -> {run_dir}')
     columns = (
@@ -441,7 +413,7 @@ def export(
     up: str = typer.Option("+z", "--up", help="Up axis the viewer expects: +z (splat3d), +y or -y."),
 ):
     """Write a scene for other viewers (see the README for which viewer expects what)."""
-    from splat3d.run.checkpoint import load_scene
+    from splat3d.run.folder import load_scene
     from splat3d.scene.export import FORMATS, UP_AXES, export_scene
 
     if format not in FORMATS:
@@ -467,18 +439,18 @@ def view(
 ):
     """Serve an interactive 3D view of the Gaussians in the browser (Ctrl-C stops)."""
     from splat3d.apps.viewer import LOOPBACK, SplatViewer
-    from splat3d.run.checkpoint import load_scene
+    from splat3d.run.folder import RunFolder, load_scene
 
     if not 0 < port < 65536:
         raise Splat3dError(f"--port {port} is out of range; choose 1..65535.")
     scene = load_scene(source)
     status = f"{len(scene):,} Gaussians"
-    if source.is_dir() and (source / "config.yaml").is_file():
+    run = RunFolder(source)
+    if run.is_run():
         from splat3d.run.config import build_config
-        from splat3d.run.trainer import last_step
 
-        cfg = build_config(str(source / "config.yaml"))
-        status = f"**{cfg.prompt.prompt}**  \nstep {last_step(source)}/{cfg.steps} · {len(scene):,} Gaussians"
+        cfg = build_config(str(run.config_path))
+        status = f"**{cfg.prompt.prompt}**  \nstep {run.last_step()}/{cfg.steps} · {len(scene):,} Gaussians"
     if host not in LOOPBACK:
         exposed = f"binding to {host} makes the view reachable from other machines."
         err_console.print(labelled("warning:", "yellow", exposed))

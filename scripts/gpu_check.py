@@ -65,17 +65,16 @@ def parity(n: int, size: int, sh_degree: int) -> dict:
 def generate_200(out: Path) -> dict:
     from splat3d.distill.priors.tiny import make_tiny_prior
     from splat3d.run.config import build_config
-    from splat3d.run.trainer import Trainer
+    from splat3d.run.trainer import start_run
 
     with tempfile.TemporaryDirectory() as tmp:
         prior = make_tiny_prior(Path(tmp) / "prior", "latent", sample_size=16)
         cfg = build_config(None, ["camera.render_size=64", "init.count=2000"], prompt__prompt="a red cube",
                            model=str(prior), steps=200, device="cuda")  # fmt: skip
-        trainer = Trainer(cfg, out / "generate_run")
-        trainer.out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        trainer.run()
-        seconds = time.perf_counter() - t0
+        with start_run(cfg, out / "generate_run", overwrite=True) as trainer:
+            t0 = time.perf_counter()
+            trainer.run()
+            seconds = time.perf_counter() - t0
     return {"steps": 200, "seconds": seconds, "seconds_per_step": seconds / 200,
             "gaussians": len(trainer.scene), "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from splat3d.apps.batch import JOB_KEYS, Job, read_jobs
+from splat3d.apps.batch.jobs import JOB_KEYS, Job, read_jobs
 from splat3d.errors import Splat3dError
 from splat3d.run.config import RunConfig, _all_keys, build_config, from_yaml_text, to_yaml
 

@@ -12,7 +12,7 @@ from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
 
 from splat3d.run.checkpoint import list_checkpoints, load_checkpoint
 from splat3d.run.config import build_config
-from splat3d.run.trainer import RunInterrupted, Trainer
+from splat3d.run.trainer import RunInterrupted, resume_run, start_run
 from splat3d.scene.ply import read_ply
 
 
@@ -60,9 +60,10 @@ def test_generate_writes_every_output(prior_dir, tmp_path, capsys):
     assert again.prompt.prompt == "a red cube" and again.steps == 20 and again.seed == 3
 
 
-def make_trainer(prior_dir, out, steps=8, extra=()):
+def open_run(prior_dir, out, steps=8, extra=()):
+    """start_run of a small run: use as ``with open_run(...) as trainer:``."""
     cfg = build_config(None, [*FAST, *extra], prompt__prompt="a blue sphere", model=str(prior_dir), steps=steps)
-    return Trainer(cfg, out)
+    return start_run(cfg, out)
 
 
 @pytest.mark.parametrize("strategy", ["default", "mcmc"])
@@ -73,22 +74,20 @@ def test_resume_is_bit_identical(prior_dir, tmp_path, strategy):
         "strategy.refine_start=2",
         "background=random",
     ]
-    straight = make_trainer(prior_dir, tmp_path / "a", extra=extra)
-    straight.out.mkdir()
-    straight.run()
+    with open_run(prior_dir, tmp_path / "a", extra=extra) as straight:
+        straight.run()
 
-    first = make_trainer(prior_dir, tmp_path / "b", extra=extra)
-    first.out.mkdir()
+    with open_run(prior_dir, tmp_path / "b", extra=extra) as first:
 
-    def stop_halfway(step, logs):
-        if step == 4:
-            first.stop_requested = True
+        def stop_halfway(step, logs):
+            if step == 4:
+                first.stop_requested = True
 
-    with pytest.raises(RunInterrupted, match="Resume with"):
-        first.run(on_step=stop_halfway)
-    resumed = Trainer.resume(tmp_path / "b")
-    assert resumed.step == 4
-    resumed.run()
+        with pytest.raises(RunInterrupted, match="Resume with"):
+            first.run(on_step=stop_halfway)
+    with resume_run(tmp_path / "b") as resumed:
+        assert resumed.step == 4
+        resumed.run()
     a, b = (tmp_path / "a" / "scene.ply").read_bytes(), (tmp_path / "b" / "scene.ply").read_bytes()
     assert len(read_ply(tmp_path / "a" / "scene.ply")) != 200, "the run must have densified"
     assert a == b
@@ -97,24 +96,23 @@ def test_resume_is_bit_identical(prior_dir, tmp_path, strategy):
 
 
 def test_nonfinite_steps_are_skipped_and_stop_the_run(prior_dir, tmp_path, monkeypatch):
-    trainer = make_trainer(prior_dir, tmp_path / "nan", steps=10, extra=["max_nonfinite_steps=3"])
-    trainer.out.mkdir()
-    method = type(trainer.guidance)
-    original = method.__call__
+    with open_run(prior_dir, tmp_path / "nan", steps=10, extra=["max_nonfinite_steps=3"]) as trainer:
+        method = type(trainer.guidance)
+        original = method.__call__
 
-    def poisoned(self, images, cams, step):  # a diverging guidance: NaN loss and gradients
-        out = original(self, images, cams, step)
-        out.loss = out.loss * float("nan")
-        return out
+        def poisoned(self, images, cams, step):  # a diverging guidance: NaN loss and gradients
+            out = original(self, images, cams, step)
+            out.loss = out.loss * float("nan")
+            return out
 
-    monkeypatch.setattr(method, "__call__", poisoned)
-    before = {k: v.detach().clone() for k, v in trainer.scene.params.items()}
-    from splat3d.run.trainer import NonFiniteRun
+        monkeypatch.setattr(method, "__call__", poisoned)
+        before = {k: v.detach().clone() for k, v in trainer.scene.params.items()}
+        from splat3d.run.trainer import NonFiniteRun
 
-    with pytest.raises(NonFiniteRun, match="3 non-finite steps"):
-        trainer.run()
-    assert trainer.step == 3 and trainer.nonfinite_total == 3
-    assert all(torch.equal(before[k], v) for k, v in trainer.scene.params.items()), "no update from NaN"
+        with pytest.raises(NonFiniteRun, match="3 non-finite steps"):
+            trainer.run()
+        assert trainer.step == 3 and trainer.nonfinite_total == 3
+        assert all(torch.equal(before[k], v) for k, v in trainer.scene.params.items()), "no update from NaN"
     assert list_checkpoints(tmp_path / "nan" / "checkpoints")
 
 
@@ -216,15 +214,13 @@ def test_config_show_and_export(prior_dir, tmp_path, capsys):
 @pytest.mark.gpu
 def test_gsplat_generate_smoke(prior_dir, tmp_path):
     cfg = build_config(None, FAST, prompt__prompt="a red cube", model=str(prior_dir), steps=50, device="cuda")
-    trainer = Trainer(cfg, tmp_path / "gpu")
-    trainer.out.mkdir()
-    trainer.run()
+    with start_run(cfg, tmp_path / "gpu") as trainer:
+        trainer.run()
     assert (tmp_path / "gpu" / "scene.ply").exists()
 
 
 def test_render_size_schedule_and_mcmc_relocation():
-    from splat3d.render.cameras import CameraSampler
-    from splat3d.run.config import CameraConfig
+    from splat3d.render.cameras import CameraConfig, CameraSampler
     from splat3d.run.strategy import compute_relocation_torch
 
     sampler = CameraSampler(CameraConfig(render_size=32, render_size_schedule=[[10, 48], [20, 64]], batch_size=4),

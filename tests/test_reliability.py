@@ -21,7 +21,7 @@ from splat3d.io import fileio
 from splat3d.io.fileio import AppendLog, FolderInUse, FolderLock, WriteFailed
 from splat3d.run.checkpoint import list_checkpoints, load_checkpoint
 from splat3d.run.config import build_config
-from splat3d.run.trainer import RunInterrupted, Trainer
+from splat3d.run.trainer import RunInterrupted, resume_run, start_run
 
 MARKUP = ["a[bold]b", "a[/]b", "[red]x[/red]"]
 # No densification past step 8: the scene stays small, so steps and checkpoints stay cheap.
@@ -164,17 +164,18 @@ def test_sigkilled_run_resumes_over_its_stale_lock_bit_identically(prior_dir, tm
 
 
 # --------------------------------------------------------- full disks, I/O errors
-def make_trainer(prior_dir, out, steps=12):
+def open_run(prior_dir, out, steps=12):
+    """start_run of a small run: use as ``with open_run(...) as trainer:``."""
     cfg = build_config(None, [*FAST, *SMALL], prompt__prompt="a blue sphere", model=str(prior_dir), steps=steps)
-    return Trainer(cfg, out)
+    return start_run(cfg, out)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(prior_dir, tmp_path_factory):
     """scene.ply of a 12-step run without faults, to compare resumed runs with."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    out.mkdir()
-    make_trainer(prior_dir, out).run()
+    with open_run(prior_dir, out) as trainer:
+        trainer.run()
     return (out / "scene.ply").read_bytes()
 
 
@@ -186,7 +187,6 @@ def uninterrupted(prior_dir, tmp_path_factory):
 def test_a_failed_write_stops_the_run_and_resume_finishes_it(prior_dir, tmp_path, monkeypatch, uninterrupted,
                                                              target, error):  # fmt: skip
     out = tmp_path / "run"
-    out.mkdir()
     fsync = fileio._fsync
 
     def failing_fsync(path, directory=False):  # the data went to the temporary file; flushing it fails
@@ -195,8 +195,7 @@ def test_a_failed_write_stops_the_run_and_resume_finishes_it(prior_dir, tmp_path
         fsync(path, directory)
 
     monkeypatch.setattr(fileio, "_fsync", failing_fsync)
-    trainer = make_trainer(prior_dir, out)
-    with pytest.raises(Splat3dError) as caught:
+    with open_run(prior_dir, out) as trainer, pytest.raises(Splat3dError) as caught:
         trainer.run()
     message = str(caught.value)
     assert f"Cannot write {out}" in message and target in message and os.strerror(error) in message
@@ -205,8 +204,8 @@ def test_a_failed_write_stops_the_run_and_resume_finishes_it(prior_dir, tmp_path
     newest = list_checkpoints(out / "checkpoints")[-1]
     assert load_checkpoint(newest)["step"] == (12 if target == "scene.ply" else 4), "the last good checkpoint"
     monkeypatch.setattr(fileio, "_fsync", fsync)
-    resumed = Trainer.resume(out)
-    resumed.run()
+    with resume_run(out) as resumed:
+        resumed.run()
     assert (out / "scene.ply").read_bytes() == uninterrupted
     assert steps_of(out) == list(range(1, 13))
 
@@ -276,14 +275,13 @@ def test_a_run_on_a_full_tmpfs_stops_cleanly_and_resumes(prior_dir, small_disk, 
 # ------------------------------------------------------------- broken checkpoints
 def test_resume_falls_back_from_a_truncated_newest_checkpoint(prior_dir, tmp_path, capsys, uninterrupted):
     out = tmp_path / "run"
-    out.mkdir()
-    trainer = make_trainer(prior_dir, out, steps=12)
+    with open_run(prior_dir, out, steps=12) as trainer:
 
-    def stop_at_8(step, logs):  # cut off at step 8, with checkpoints 4 and 8
-        trainer.stop_requested = step == 8
+        def stop_at_8(step, logs):  # cut off at step 8, with checkpoints 4 and 8
+            trainer.stop_requested = step == 8
 
-    with pytest.raises(RunInterrupted):
-        trainer.run(on_step=stop_at_8)
+        with pytest.raises(RunInterrupted):
+            trainer.run(on_step=stop_at_8)
     bad = out / "checkpoints" / "step_000008.pt"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     code, _, err = run_cli(capsys, "generate", "--resume", out, "--quiet")

@@ -16,14 +16,47 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from splat3d.errors import Splat3dError
+from splat3d.scene import GaussianScene
+from splat3d.scene.extent import scene_extent
 
 WORLD_UP = (0.0, 0.0, 1.0)
+
+
+@dataclass
+class CameraConfig:
+    """Random cameras for each step: ranges are [low, high] and drawn uniformly."""
+
+    batch_size: int = 1
+    """Views rendered per step; their azimuths are stratified over the range."""
+    elevation_range: List[float] = field(default_factory=lambda: [-10.0, 45.0])
+    azimuth_range: List[float] = field(default_factory=lambda: [-180.0, 180.0])
+    radius_range: List[float] = field(default_factory=lambda: [2.6, 3.2])
+    fovy_range: List[float] = field(default_factory=lambda: [38.0, 45.0])
+    render_size: int = 64
+    """Render size in pixels (square) at step 0."""
+    render_size_schedule: List[List[int]] = field(default_factory=list)
+    """[[step, size], ...]: the render size from each step on (progressive resolution)."""
+
+    def __post_init__(self):
+        sizes = [self.render_size] + [s for _, s in (tuple(x) for x in self.render_size_schedule if len(x) == 2)]
+        if any(not 8 <= s <= 2048 for s in sizes):
+            raise Splat3dError(f"Render sizes {sizes} must lie in 8..2048; fix camera.render_size(_schedule).")
+        if any(len(x) != 2 for x in self.render_size_schedule):
+            raise Splat3dError("camera.render_size_schedule must be a list of [step, size] pairs.")
+        for name in ("elevation_range", "azimuth_range", "radius_range", "fovy_range"):
+            r = getattr(self, name)
+            if len(r) != 2 or r[0] > r[1]:
+                raise Splat3dError(f"camera.{name} must be [low, high] with low <= high, got {list(r)}.")
+        if self.radius_range[0] <= 0 or not 0 < self.fovy_range[0] <= self.fovy_range[1] < 180:
+            raise Splat3dError("camera radius must be positive and fovy within (0, 180) degrees.")
+        if self.batch_size < 1:
+            raise Splat3dError(f"camera.batch_size must be at least 1, got {self.batch_size}.")
 
 
 @dataclass
@@ -281,6 +314,13 @@ def parse_size(text: str) -> tuple[int, int]:
 def default_fovy_radius(extent: float, fovy_deg: float = 40.0, margin: float = 1.15) -> float:
     """Distance at which a sphere of radius ``extent`` fills the view of ``fovy``."""
     return margin * extent / math.sin(math.radians(fovy_deg) / 2)
+
+
+def framing_radius(scene: GaussianScene, fovy_deg: float) -> float:
+    """Orbit radius at which the scene's bulk (98% of centres) fills the view; 3 for an empty scene."""
+    if len(scene) == 0:
+        return 3.0
+    return default_fovy_radius(scene_extent(scene, 0.98), fovy_deg)
 
 
 class CameraSampler:

@@ -140,20 +140,3 @@ def set_rng_state(state: dict) -> None:
     )  # fmt: skip
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-
-
-def load_scene(source: Union[str, Path]):
-    """A scene from a run folder (its scene.ply, else its last checkpoint), a checkpoint (.pt) or a .ply."""
-    from splat3d.scene import GaussianScene
-    from splat3d.scene.ply import read_ply
-
-    source = Path(source)
-    if source.is_dir():
-        if (source / "scene.ply").is_file():
-            return read_ply(source / "scene.ply")
-        if list_checkpoints(source / "checkpoints"):
-            return GaussianScene(**load_newest_checkpoint(source / "checkpoints")[1]["params"])
-        raise Splat3dError(f"{source} holds neither scene.ply nor checkpoints; pass a run folder or a file.")
-    if source.suffix == ".pt":
-        return GaussianScene(**load_checkpoint(source)["params"])
-    return read_ply(source)

@@ -1,6 +1,9 @@
 """Typed run configuration (OmegaConf structured configs), presets and overrides.
 
-A run's configuration is the dataclass ``RunConfig`` below, merged in this
+A run's configuration is the dataclass ``RunConfig`` below, composed of the
+configs that live beside their code (PromptConfig, GuidanceConfig,
+CameraConfig, InitConfig, OptimConfig, StrategyConfig, OutputConfig), each of
+which checks its own values when built. It is merged in this
 order: the defaults, a preset or YAML file (``--config``), dotted overrides
 (``--set guidance.lookahead_scale=0.1``), then the command-line options.
 Unknown keys are errors that name the closest known keys. The fully resolved
@@ -16,98 +19,23 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Optional, Union
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from splat3d.distill.guidance.base import GuidanceConfig
+from splat3d.distill.priors import default_model
 from splat3d.distill.prompts import PromptConfig
 from splat3d.errors import Splat3dError
+from splat3d.render.cameras import CameraConfig
+from splat3d.run.folder import OutputConfig
+from splat3d.run.optim import OptimConfig
+from splat3d.run.strategy import StrategyConfig
+from splat3d.scene.init import InitConfig
 
 BACKGROUNDS = ("white", "black", "random", "learned")
-
-
-@dataclass
-class CameraConfig:
-    """Random cameras for each step: ranges are [low, high] and drawn uniformly."""
-
-    batch_size: int = 1
-    """Views rendered per step; their azimuths are stratified over the range."""
-    elevation_range: List[float] = field(default_factory=lambda: [-10.0, 45.0])
-    azimuth_range: List[float] = field(default_factory=lambda: [-180.0, 180.0])
-    radius_range: List[float] = field(default_factory=lambda: [2.6, 3.2])
-    fovy_range: List[float] = field(default_factory=lambda: [38.0, 45.0])
-    render_size: int = 64
-    """Render size in pixels (square) at step 0."""
-    render_size_schedule: List[List[int]] = field(default_factory=list)
-    """[[step, size], ...]: the render size from each step on (progressive resolution)."""
-
-
-@dataclass
-class InitConfig:
-    """Where the Gaussians start."""
-
-    kind: str = "ball"
-    """ball (random points in a ball) or ply (the file in path)."""
-    path: Optional[str] = None
-    count: int = 2000
-    radius: float = 0.6
-    opacity: float = 0.1
-    color: Optional[List[float]] = None
-    """One RGB for all Gaussians; null draws random colours."""
-    sh_degree: int = 0
-
-
-@dataclass
-class OptimConfig:
-    """Adam learning rates per parameter group (as in 3DGS) and regularisers."""
-
-    means_lr: float = 1e-3
-    """Scaled by the scene extent (the init radius), decayed exponentially to means_lr_final."""
-    means_lr_final: float = 1e-5
-    scales_lr: float = 5e-3
-    quats_lr: float = 1e-3
-    opacities_lr: float = 5e-2
-    sh0_lr: float = 1e-2
-    shN_lr: float = 5e-4
-    background_lr: float = 1e-2
-    opacity_reg: float = 0.0
-    """Weight of mean opacity (pushes unused Gaussians towards transparency)."""
-    scale_reg: float = 0.0
-    """Weight of the mean largest scale (discourages huge Gaussians)."""
-
-
-@dataclass
-class StrategyConfig:
-    """Densify/prune through gsplat.strategy."""
-
-    kind: str = "default"
-    """default (gsplat DefaultStrategy) or mcmc (MCMCStrategy)."""
-    refine_start: int = 100
-    refine_stop: int = 1500
-    refine_every: int = 100
-    reset_every: int = 1000
-    """Opacity reset interval (default strategy)."""
-    prune_opa: float = 0.01
-    grow_grad2d: float = 0.0002
-    grow_scale3d: float = 0.01
-    prune_scale3d: float = 0.1
-    cap_max: int = 20000
-    """Most Gaussians the MCMC strategy grows to."""
-
-
-@dataclass
-class OutputConfig:
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    preview_every: int = 50
-    preview_views: int = 4
-    preview_size: int = 128
-    final_views: int = 8
-    video_frames: int = 48
-    video_size: int = 256
-    metrics_every: int = 1
 
 
 @dataclass
@@ -135,6 +63,22 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        from splat3d.distill.guidance import REGISTRY
+
+        if not self.prompt.prompt or not self.prompt.prompt.strip():
+            raise Splat3dError('The prompt is empty; describe what to generate, e.g. splat3d generate "a red cube".')
+        if self.method not in REGISTRY:
+            raise Splat3dError(f"Unknown method {self.method!r}; choose one of {', '.join(sorted(REGISTRY))}.")
+        if self.steps <= 0:
+            raise Splat3dError(f"steps must be positive, got {self.steps}; pass e.g. --steps 500.")
+        if self.background not in BACKGROUNDS:
+            raise Splat3dError(f"Unknown background {self.background!r}; choose one of {', '.join(BACKGROUNDS)}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise Splat3dError(f"Unknown device {self.device!r}; choose auto, cpu or cuda.")
+        if self.backend not in ("auto", "gsplat", "torch"):
+            raise Splat3dError(f"Unknown backend {self.backend!r}; choose auto, gsplat or torch.")
 
 
 # ------------------------------------------------------------------ presets
@@ -253,16 +197,15 @@ def build_config(
         base.append((load_yaml(cpu_preset), str(cpu_preset)))
     cfg = merged(base)
     try:
-        run: RunConfig = OmegaConf.to_object(cfg)
+        run: RunConfig = OmegaConf.to_object(cfg)  # each section validates itself (__post_init__)
     except OmegaConfBaseException as e:  # e.g. an interpolation that points nowhere: steps: ${nope}
         raise Splat3dError(f"Cannot resolve the settings ({str(e).splitlines()[0]}); check the values.") from None
-    validate(run)
+    if run.model == "auto":  # resolved here, once, so config.yaml repeats the run exactly
+        run = dataclasses.replace(run, model=default_model(torch.device("cpu" if _runs_on_cpu(run.device) else "cuda")))
     return run
 
 
 def _runs_on_cpu(device: str) -> bool:
-    import torch
-
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
@@ -286,51 +229,3 @@ def to_yaml(config: RunConfig) -> str:
 def from_yaml_text(text: str) -> RunConfig:
     cfg = _merge(OmegaConf.structured(RunConfig), OmegaConf.create(text), "the checkpoint's config")
     return OmegaConf.to_object(cfg)
-
-
-def validate(cfg: RunConfig) -> None:
-    """Reject settings a run cannot use, with one sentence each."""
-    from splat3d.distill.guidance import REGISTRY
-
-    def bad(msg: str):
-        raise Splat3dError(msg)
-
-    if not cfg.prompt.prompt or not cfg.prompt.prompt.strip():
-        bad('The prompt is empty; describe what to generate, e.g. splat3d generate "a red cube".')
-    if cfg.method not in REGISTRY:
-        bad(f"Unknown method {cfg.method!r}; choose one of {', '.join(sorted(REGISTRY))}.")
-    if cfg.steps <= 0:
-        bad(f"steps must be positive, got {cfg.steps}; pass e.g. --steps 500.")
-    if cfg.background not in BACKGROUNDS:
-        bad(f"Unknown background {cfg.background!r}; choose one of {', '.join(BACKGROUNDS)}.")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        bad(f"Unknown device {cfg.device!r}; choose auto, cpu or cuda.")
-    if cfg.backend not in ("auto", "gsplat", "torch"):
-        bad(f"Unknown backend {cfg.backend!r}; choose auto, gsplat or torch.")
-    if cfg.guidance.linear_term not in ("exact", "last_layer", "finite_difference"):
-        bad(f"Unknown linear term {cfg.guidance.linear_term!r}; choose exact, last_layer or finite_difference.")
-    sizes = [cfg.camera.render_size] + [s for _, s in (tuple(x) for x in cfg.camera.render_size_schedule)]
-    if any(not 8 <= s <= 2048 for s in sizes):
-        bad(f"Render sizes {sizes} must lie in 8..2048; fix camera.render_size(_schedule).")
-    if any(len(x) != 2 for x in cfg.camera.render_size_schedule):
-        bad("camera.render_size_schedule must be a list of [step, size] pairs.")
-    for name in ("elevation_range", "azimuth_range", "radius_range", "fovy_range"):
-        r = getattr(cfg.camera, name)
-        if len(r) != 2 or r[0] > r[1]:
-            bad(f"camera.{name} must be [low, high] with low <= high, got {list(r)}.")
-    if cfg.camera.radius_range[0] <= 0 or not 0 < cfg.camera.fovy_range[0] <= cfg.camera.fovy_range[1] < 180:
-        bad("camera radius must be positive and fovy within (0, 180) degrees.")
-    if cfg.camera.batch_size < 1:
-        bad(f"camera.batch_size must be at least 1, got {cfg.camera.batch_size}.")
-    if cfg.init.kind not in ("ball", "ply"):
-        bad(f"Unknown init {cfg.init.kind!r}; choose ball or ply.")
-    if cfg.init.kind == "ply" and not cfg.init.path:
-        bad("init.kind is ply but init.path is empty; pass --init SCENE.ply.")
-    if cfg.init.kind == "ball" and (cfg.init.count < 1 or not 0 < cfg.init.opacity < 1 or cfg.init.radius <= 0):
-        bad("init needs count >= 1, 0 < opacity < 1 and a positive radius.")
-    if not 0 <= cfg.init.sh_degree <= 3:
-        bad(f"init.sh_degree must be 0..3, got {cfg.init.sh_degree}.")
-    if cfg.strategy.kind not in ("default", "mcmc"):
-        bad(f"Unknown strategy {cfg.strategy.kind!r}; choose default or mcmc.")
-    if cfg.output.checkpoint_every < 1 or cfg.output.keep_checkpoints < 1:
-        bad("output.checkpoint_every and output.keep_checkpoints must be at least 1.")

@@ -1,17 +1,46 @@
-"""Densify/prune with gsplat.strategy, used as is.
+"""Densify/prune with gsplat.strategy, used as is, behind one small object.
 
-Only MCMCStrategy needs help on CPU: two of its helpers call CUDA kernels
-(``quat_scale_to_covar_preci`` and the relocation kernel ``compute_relocation``).
-We swap in torch versions of exactly those two, in gsplat.strategy.ops, when
-the scene is not on CUDA; everything else is gsplat's own code.
+``Densifier`` holds a gsplat strategy (DefaultStrategy or MCMCStrategy), its
+state dict, and the two hooks around the backward pass; its ``state_dict``
+goes into checkpoints. Only MCMCStrategy needs help on CPU: two of its helpers
+call CUDA kernels (``quat_scale_to_covar_preci`` and the relocation kernel
+``compute_relocation``). For CPU scenes, torch versions of exactly those two
+are swapped into gsplat.strategy.ops for the duration of the MCMC hook and
+put back after; everything else is gsplat's own code.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from splat3d.run.config import StrategyConfig
+from splat3d.errors import Splat3dError
+
+
+@dataclass
+class StrategyConfig:
+    """Densify/prune through gsplat.strategy."""
+
+    kind: str = "default"
+    """default (gsplat DefaultStrategy) or mcmc (MCMCStrategy)."""
+    refine_start: int = 100
+    refine_stop: int = 1500
+    refine_every: int = 100
+    reset_every: int = 1000
+    """Opacity reset interval (default strategy)."""
+    prune_opa: float = 0.01
+    grow_grad2d: float = 0.0002
+    grow_scale3d: float = 0.01
+    prune_scale3d: float = 0.1
+    cap_max: int = 20000
+    """Most Gaussians the MCMC strategy grows to."""
+
+    def __post_init__(self):
+        if self.kind not in ("default", "mcmc"):
+            raise Splat3dError(f"Unknown strategy {self.kind!r}; choose default or mcmc.")
 
 
 def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):
@@ -41,20 +70,23 @@ def _quat_scale_to_covar_preci_torch(quats, scales, compute_covar=True, compute_
     return _quat_scale_to_covar_preci(quats, scales, compute_covar, compute_preci, triu)
 
 
-def use_torch_mcmc_helpers() -> None:
-    """Point gsplat's MCMC ops at the torch helpers (for CPU scenes)."""
+@contextmanager
+def torch_mcmc_helpers():
+    """gsplat's MCMC ops pointed at the torch helpers (for CPU scenes), inside this block only."""
     import gsplat.strategy.ops as ops
 
-    ops.compute_relocation = compute_relocation_torch
-    ops.quat_scale_to_covar_preci = _quat_scale_to_covar_preci_torch
+    saved = ops.compute_relocation, ops.quat_scale_to_covar_preci
+    ops.compute_relocation, ops.quat_scale_to_covar_preci = compute_relocation_torch, _quat_scale_to_covar_preci_torch
+    try:
+        yield
+    finally:
+        ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
 
 
-def make_strategy(cfg: StrategyConfig, device: torch.device):
+def make_strategy(cfg: StrategyConfig):
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
     if cfg.kind == "mcmc":
-        if device.type != "cuda":
-            use_torch_mcmc_helpers()
         return MCMCStrategy(
             cap_max=cfg.cap_max,
             refine_start_iter=cfg.refine_start,
@@ -75,20 +107,41 @@ def make_strategy(cfg: StrategyConfig, device: torch.device):
     )
 
 
-def initialize_state(strategy, scene_scale: float) -> dict:
-    from gsplat.strategy import DefaultStrategy
+class Densifier:
+    """A gsplat strategy with its state: hooks before and after the backward pass, and a state dict.
 
-    if isinstance(strategy, DefaultStrategy):
-        return strategy.initialize_state(scene_scale=scene_scale)
-    return strategy.initialize_state()
+    The hooks take the scene's parameters and their optimisers by name, as
+    gsplat's strategies do; they swap tensors and moments when they densify.
+    """
 
+    def __init__(self, config: StrategyConfig, params: dict, optimizers: dict, scene_scale: float,
+                 device: torch.device):  # fmt: skip
+        from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
-def step_post_backward(strategy, params, optimizers, state: dict, step: int, info: dict, means_lr: float) -> None:
-    """The strategy's post-backward hook; the two strategies take different extras
-    (MCMC scales its position noise by the means learning rate)."""
-    from gsplat.strategy import MCMCStrategy
+        self.strategy = make_strategy(config)
+        self.mcmc = isinstance(self.strategy, MCMCStrategy)
+        self.device = device
+        self.strategy.check_sanity(params, optimizers)
+        if isinstance(self.strategy, DefaultStrategy):
+            self.state = self.strategy.initialize_state(scene_scale=scene_scale)
+        else:
+            self.state = self.strategy.initialize_state()
 
-    if isinstance(strategy, MCMCStrategy):
-        strategy.step_post_backward(params, optimizers, state, step, info, lr=means_lr)
-    else:
-        strategy.step_post_backward(params, optimizers, state, step, info, packed=True)
+    def step_pre_backward(self, params: dict, optimizers: dict, step: int, info: dict) -> None:
+        self.strategy.step_pre_backward(params, optimizers, self.state, step, info)
+
+    def step_post_backward(self, params: dict, optimizers: dict, step: int, info: dict, means_lr: float) -> None:
+        """The two strategies take different extras (MCMC scales its position noise by the means lr)."""
+        if not self.mcmc:
+            self.strategy.step_post_backward(params, optimizers, self.state, step, info, packed=True)
+        elif self.device.type == "cuda":
+            self.strategy.step_post_backward(params, optimizers, self.state, step, info, lr=means_lr)
+        else:
+            with torch_mcmc_helpers():
+                self.strategy.step_post_backward(params, optimizers, self.state, step, info, lr=means_lr)
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in state.items()}

@@ -186,14 +186,14 @@ def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
     """
     from splat3d.distill.priors import builtin_priors
     from splat3d.errors import Splat3dError
-    from splat3d.run.checkpoint import load_scene
     from splat3d.run.config import build_config
+    from splat3d.run.folder import RunFolder
     from splat3d.shapes.world import parse_prompt
 
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise Splat3dError(f"{run} is not a run folder (no config.yaml); pass the --out folder of a generate run.")
-    cfg = build_config(str(run / "config.yaml"))
+    run = RunFolder(run)
+    if not run.is_run():
+        raise Splat3dError(f"{run.path} is not a run folder (no config.yaml); pass the --out folder of a generate run.")
+    cfg = build_config(str(run.config_path))
     spec = parse_prompt(cfg.prompt.prompt)
     folder = builtin_priors().get(cfg.model) or Path(cfg.model)
     if spec is None:
@@ -210,9 +210,20 @@ def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
             f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
             "(--model shapes)."
         )
-    result = evaluate_scene(load_scene(run), spec.colour, spec.kind, load_classifier(folder))
-    write_evaluation(result, run / "eval.json")
+    result = evaluate_scene(run.load_scene(), spec.colour, spec.kind, load_classifier(folder))
+    write_evaluation(result, run.eval_path)
     return result
+
+
+def run_metrics(run: Path) -> Optional[dict]:
+    """The ``splat3d.evaluators`` hook (pyproject.toml) that batch calls: metrics of a shapes-world run, or None."""
+    evaluation = evaluate_run(run, strict=False)
+    if evaluation is None:
+        return None
+    return {
+        "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
+        "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
+    }  # fmt: skip
 
 
 def write_evaluation(evaluation: Evaluation, path: Path) -> None:

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from splat3d.distill.prompts import PromptConfig, view_names, view_prompt
 from splat3d.render import render
-from splat3d.render.cameras import CameraSampler
+from splat3d.render.cameras import CameraConfig, CameraSampler
 from splat3d.run.checkpoint import list_checkpoints, load_newest_checkpoint, save_checkpoint, save_torch
-from splat3d.run.config import CameraConfig, build_config
+from splat3d.run.config import build_config
 from splat3d.shapes.world import COLOURS, KINDS, WORLD_VERSION, make_object, vocabulary
 
 # The CFG scale this prior's 2D samples are judged best at (benchmarks/shapes_prior.py, 240 DDIM-50 samples

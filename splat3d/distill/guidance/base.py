@@ -57,6 +57,12 @@ class GuidanceConfig:
     seed: int = 0
     """Seed of the guidance's own random draws (timesteps, noise, camera drop)."""
 
+    def __post_init__(self):
+        if self.linear_term not in ("exact", "last_layer", "finite_difference"):
+            raise Splat3dError(
+                f"Unknown linear term {self.linear_term!r}; choose exact, last_layer or finite_difference."
+            )
+
 
 # --------------------------------------------------------------- timesteps
 def timestep_bounds(config: GuidanceConfig, step: int, num_train_timesteps: int) -> tuple[int, int]:
