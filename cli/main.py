@@ -190,17 +190,15 @@ def demo(
     size: str = typer.Option("256x256", help="WIDTHxHEIGHT of the views."),
 ):
     """Build the built-in demo scene, save it as PLY and render a turntable."""
-    from splat3d.apps.demo import demo_scene
+    from splat3d.apps.demo import save_demo
     from splat3d.render.cameras import parse_size
-    from splat3d.scene.ply import write_ply
 
     parse_size(size)
     ensure_writable_dir(out)
-    scene = demo_scene()
-    write_ply(scene, out / "scene.ply")
-    console.print(f"wrote {out / 'scene.ply'} ({len(scene):,} Gaussians)")
+    path, count = save_demo(out)
+    console.print(f"wrote {path} ({count:,} Gaussians)")
     render(
-        scene=out / "scene.ply", out=out, cameras=None, orbit=views, elevation=20.0, radius=None,
+        scene=path, out=out, cameras=None, orbit=views, elevation=20.0, radius=None,
         fovy=40.0, size=size, video=True, background="white", sh_degree=None, device="auto", fps=24,
     )  # fmt: skip
 
@@ -297,7 +295,7 @@ def _train(trainer, quiet: bool, viewer: bool, port: int) -> None:
             if live:
                 live.close()
                 live.viewer.close()
-    console.print(f"wrote {run_dir / 'scene.ply'} ({len(trainer.scene):,} Gaussians) and its pictures in {run_dir}")
+    console.print(f"wrote {trainer.folder.scene_path} ({len(trainer.scene):,} Gaussians) and its pictures in {run_dir}")
 
 
 def _ray_address_like(token: str) -> bool:
@@ -344,20 +342,14 @@ def batch(
     from splat3d.apps.batch import Backend, Job, read_jobs, read_status, run_batch
     from splat3d.run.trainer import RunInterrupted
 
-    if workers < 1 or cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
-        raise Splat3dError("--workers and --cpus-per-task must be positive, --gpus-per-task and --retries >= 0.")
-    if steps is not None and steps <= 0:
-        raise Splat3dError(f"steps must be positive, got {steps}; pass e.g. --steps 500.")
-    if ray is None and gpus_per_task:
-        raise Splat3dError("--gpus-per-task applies to Ray tasks; add --ray (or --ray ADDRESS).")
-    defaults = Job(prompt="", method=method, model=model, seed=seed, steps=steps, sets=list(set_ or []),
-                   config=config, device=device)  # fmt: skip
-    jobs = read_jobs(prompts, defaults)
-    ensure_writable_dir(out)
     backend = Backend(
         kind="local" if ray is None else "ray", workers=workers, ray_address=None if ray in (None, "local") else ray,
         cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries,
     )  # fmt: skip
+    defaults = Job(prompt="", method=method, model=model, seed=seed, steps=steps, sets=list(set_ or []),
+                   config=config, device=device)  # fmt: skip
+    jobs = read_jobs(prompts, defaults)
+    ensure_writable_dir(out)
     where = "here" if ray is None else ("on a local Ray instance" if ray == "local" else f"on Ray at {ray}")
     progress = Progress(TextColumn("batch"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[counts]}"),
                         console=err_console, disable=quiet)  # fmt: skip
@@ -414,20 +406,11 @@ def export(
 ):
     """Write a scene for other viewers (see the README for which viewer expects what)."""
     from splat3d.run.folder import load_scene
-    from splat3d.scene.export import FORMATS, UP_AXES, export_scene
+    from splat3d.scene.export import export_scene
 
-    if format not in FORMATS:
-        raise Splat3dError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
-    if up not in UP_AXES:
-        raise Splat3dError(f"Unknown up axis {up!r}; choose one of {', '.join(UP_AXES)}.")
-    if sh_degree is not None and not 0 <= sh_degree <= 3:
-        raise Splat3dError(f"--sh-degree {sh_degree} is out of range; choose 0..3.")
     scene = load_scene(source)
     ensure_writable_dir(out.parent)
-    try:
-        n = export_scene(scene, out, format, sh_degree, up)
-    except OSError as e:
-        raise Splat3dError(f"Cannot write {out} ({e.strerror or e}); choose a writable path with --out.") from None
+    n = export_scene(scene, out, format, sh_degree, up)
     console.print(f"wrote {out} ({n:,} Gaussians, {format}, up {up})")
 
 
@@ -473,6 +456,7 @@ def view(
 @app.command("eval")
 def eval_run(run: Path = typer.Argument(..., help="A run folder made with the shapes prior.")):
     """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, view consistency."""
+    from splat3d.run.folder import RunFolder
     from splat3d.shapes.evaluate import evaluate_run
 
     result = evaluate_run(run)
@@ -488,7 +472,7 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
         f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}"
         + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else "")
     )
-    console.print(f"wrote {run / 'eval.json'}")
+    console.print(f"wrote {RunFolder(run).eval_path}")
 
 
 prior_app = typer.Typer(help="Train and sample diffusion priors.", no_args_is_help=True)
@@ -512,10 +496,8 @@ def prior_train(
 
     if world != "shapes":
         raise Splat3dError(f"Unknown world {world!r}; the built-in world is shapes.")
-    if steps <= 0 or batch_size <= 0 or checkpoint_every <= 0:
-        raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
-    ensure_writable_dir(out)
     cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every)
+    ensure_writable_dir(out)
     columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
     with FolderLock(out, "splat3d prior train"):
@@ -546,16 +528,13 @@ def prior_sample(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from splat3d.distill.priors import load_prior
-    from splat3d.distill.sample import sample_images
+    from splat3d.distill.sample import check_sampling, sample_images
     from splat3d.io.media import grid, save_png, to_uint8
     from splat3d.render import resolve_device
 
-    if not prompt.strip():
-        raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')
-    if not 1 <= n <= 256 or not 1 <= steps <= 1000:
-        raise Splat3dError("--n must be 1..256 and --steps 1..1000.")
-    if eta is not None and not 0.0 <= eta <= 1.0:
-        raise Splat3dError(f"--eta must be between 0 and 1, not {eta}.")
+    if not 1 <= n <= 256:
+        raise Splat3dError(f"--n must be 1..256, not {n}.")
+    check_sampling([prompt] * n, steps, eta)  # before the model loads
     ensure_writable_dir(out.parent)
     prior = load_prior(model, resolve_device(device))
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splat3d.distill.guidance import REGISTRY, GuidanceConfig, make_guidance
-from splat3d.distill.guidance.base import pretrained_eps
+from splat3d.distill.guidance.base import pretrained_eps, target_loss, timestep_bounds
 from splat3d.distill.guidance.l2vsd import last_layer
 from splat3d.distill.guidance.lora import LORA_ADAPTER
 from splat3d.distill.priors import load_prior
@@ -272,3 +272,56 @@ def test_fp16_on_cuda(tiny_priors):
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(images.grad).all()
     assert os.environ.get("TORCH_EXTENSIONS_DIR")
+
+
+def test_timestep_annealing():
+    """The largest timestep falls linearly from max_step_percent to max_step_percent_annealed."""
+    config = GuidanceConfig(min_step_percent=0.02, max_step_percent=0.98, max_step_percent_annealed=0.5,
+                            anneal_start_step=10, anneal_end_step=20)  # fmt: skip
+    bounds = [timestep_bounds(config, step, 1000) for step in (0, 9, 10, 15, 20, 100)]
+    assert bounds == [(20, 980), (20, 980), (20, 980), (20, 740), (20, 500), (20, 500)]
+    # without an end step the drop takes one step; without a start it never happens
+    sudden = GuidanceConfig(anneal_start_step=10)
+    assert [timestep_bounds(sudden, step, 1000)[1] for step in (10, 11, 500)] == [980, 500, 500]
+    assert timestep_bounds(GuidanceConfig(), 10**6, 1000) == (20, 980)
+    # the range stays inside [0, T - 1] and never inverts
+    assert timestep_bounds(GuidanceConfig(max_step_percent=1.0), 0, 1000) == (20, 999)
+    crossed = GuidanceConfig(min_step_percent=0.6, max_step_percent_annealed=0.5, anneal_start_step=0)
+    assert timestep_bounds(crossed, 5, 1000) == (600, 600)
+
+
+def test_target_loss_gradient_is_the_given_gradient():
+    """0.5 ||z - sg(z - grad)||² / B has gradient exactly grad / B w.r.t. z; non-finite entries become 0."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64).requires_grad_(True)
+    grad = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)
+    target_loss(z, grad).backward()
+    torch.testing.assert_close(z.grad, grad / 3, rtol=0, atol=1e-15)
+    z.grad = None
+    grad[0, 0, 0, 0] = float("nan")
+    target_loss(z, grad).backward()
+    assert z.grad[0, 0, 0, 0] == 0 and torch.isfinite(z.grad).all()
+
+
+def test_sds_gradient_value(tiny_priors):
+    """SDS's gradient on the images is dz/dx · w(t) (eps_pretrained(x_t) - eps) / B, computed here by hand."""
+    prior, sds = setup(tiny_priors[("pixel", "epsilon")], "sds", guidance_scale=100.0)
+    images, cams = batch(prior)
+    sds(images, cams, 0).loss.backward()
+
+    _, twin = setup(tiny_priors[("pixel", "epsilon")], "sds", guidance_scale=100.0)  # the same seed: same draws
+    x = images.detach()
+    z = 2.0 * x - 1.0  # a pixel prior sees the render in [-1, 1]
+    inputs = twin.prepare(x, cams, 0)
+    assert torch.equal(inputs.z, z)
+    t, noise = inputs.draw.t, inputs.draw.noise
+    x_t = (
+        prior.alphas_cumprod[t].sqrt().reshape(-1, 1, 1, 1) * z
+        + (1 - prior.alphas_cumprod[t]).sqrt().reshape(-1, 1, 1, 1) * noise
+    )
+    text = twin.prompt.conditional(*cams.angles())
+    eps_pretrained = pretrained_eps(prior, x_t, t, text, twin.prompt.unconditional(2), 100.0)
+    w = (1 - prior.alphas_cumprod[t]).reshape(-1, 1, 1, 1)
+    expected = 2.0 * w * (eps_pretrained - noise) / images.shape[0]
+    torch.testing.assert_close(images.grad, expected, rtol=1e-5, atol=1e-7)
+    assert images.grad.abs().sum() > 0

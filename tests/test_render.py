@@ -11,7 +11,7 @@ from splat3d.scene import PARAM_NAMES
 W, H = 28, 22  # not square, so x/y mix-ups show
 
 
-def test_cameras() -> Cameras:
+def sample_cameras() -> Cameras:
     """Orbit views, an off-centre principal point, and one camera inside the cloud."""
     cams = orbit_cameras(
         elevation=torch.tensor([20.0, -35.0, 60.0]),
@@ -30,9 +30,6 @@ def test_cameras() -> Cameras:
     return Cameras(viewmats.double(), Ks.double(), W, H)
 
 
-test_cameras.__test__ = False  # a helper, not a test
-
-
 def reference_images(scene, cams, sh_degree, background):
     raw = {k: scene.params[k] for k in PARAM_NAMES}
     imgs, alphas = [], []
@@ -45,7 +42,7 @@ def reference_images(scene, cams, sh_degree, background):
 
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_forward_and_gradients_match_brute_force(make_scene, sh_degree):
-    cams = test_cameras()
+    cams = sample_cameras()
     background = torch.tensor([0.2, 0.4, 0.9], dtype=torch.float64)
     scene_a = make_scene(n=50, sh_degree=sh_degree, seed=sh_degree)
     scene_b = scene_a.clone()
@@ -81,7 +78,7 @@ def test_forward_and_gradients_match_brute_force(make_scene, sh_degree):
 
 
 def test_float32_matches_float64(make_scene):
-    cams = test_cameras()
+    cams = sample_cameras()
     scene64 = make_scene(n=50, sh_degree=1, seed=3)
     out64 = render(scene64, cams, 0.0, backend="torch")
     out32 = render(scene64.to(dtype=torch.float32), cams.to(dtype=torch.float32), 0.0, backend="torch")

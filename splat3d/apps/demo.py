@@ -4,10 +4,12 @@ face is yellow, made of surface Gaussians. It needs no model and no network."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from splat3d.scene.gaussians import GaussianScene, rgb_to_sh0
+from splat3d.scene.ply import write_ply
 
 
 def _surface(points: torch.Tensor, rgb: torch.Tensor, scale: float) -> dict:
@@ -39,3 +41,11 @@ def demo_scene(n_per_object: int = 3000, seed: int = 0) -> GaussianScene:
     cube_rgb = torch.where(front[:, None], torch.tensor([0.95, 0.8, 0.1]), torch.tensor([0.15, 0.3, 0.85]))
     cube = _surface(pts + torch.tensor([0.0, 0.55, 0.0]), cube_rgb, 0.03)
     return GaussianScene(**{k: torch.cat([sphere[k], cube[k]]) for k in sphere})
+
+
+def save_demo(folder: Path) -> tuple[Path, int]:
+    """Write the demo scene to FOLDER/scene.ply; returns the path and its Gaussian count."""
+    scene = demo_scene()
+    path = Path(folder) / "scene.ply"
+    write_ply(scene, path)
+    return path, len(scene)

@@ -9,8 +9,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from splat3d.errors import Splat3dError
+
 
 @torch.no_grad()
+def check_sampling(prompts: list[str], steps: int, eta: float | None) -> None:
+    """Reject what sample_images cannot do, in one sentence, before any model is loaded."""
+    if not prompts or any(not p.strip() for p in prompts):
+        raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')
+    if not 1 <= steps <= 1000:
+        raise Splat3dError(f"--steps must be 1..1000, not {steps}.")
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise Splat3dError(f"--eta must be between 0 and 1, not {eta}.")
+
+
 def sample_images(
     prior,
     prompts: list[str],
@@ -28,6 +40,7 @@ def sample_images(
     """
     from diffusers import DDIMScheduler
 
+    check_sampling(prompts, steps, eta)
     eta = prior.sample_eta if eta is None else eta
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
     scheduler.set_timesteps(steps)

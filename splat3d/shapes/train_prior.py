@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from splat3d.distill.prompts import PromptConfig, view_names, view_prompt
+from splat3d.errors import Splat3dError
 from splat3d.render import render
 from splat3d.render.cameras import CameraConfig, CameraSampler
 from splat3d.run.checkpoint import list_checkpoints, load_newest_checkpoint, save_checkpoint, save_torch
@@ -61,6 +62,10 @@ class PriorTrainConfig:
     keep_checkpoints: int = 2
     classifier_steps: int = 1500
     seed: int = 0
+
+    def __post_init__(self):
+        if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
+            raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
 
 
 def camera_config(resolution: int) -> CameraConfig:

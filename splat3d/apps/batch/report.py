@@ -9,6 +9,7 @@ from pathlib import Path
 
 from splat3d.apps.batch.jobs import Job, read_status
 from splat3d.io.fileio import atomic_write
+from splat3d.run.folder import RunFolder
 
 SUMMARY_FIELDS = ("prompt", "seed", "method", "status", "seconds", "gaussians", "prompt_accuracy", "iou",
                   "colour_error", "view_consistency", "attempts", "run", "error")  # fmt: skip
@@ -55,8 +56,8 @@ def write_summary(jobs: list[Job], root: Path) -> list[dict]:
 
     cards = []
     for r in rows:
-        views = root / r["run"] / "views.png"
-        picture = (f'<img src="{html.escape(r["run"])}/views.png" alt="views of {html.escape(r["prompt"])}">'
+        views = RunFolder(root / r["run"]).views_path
+        picture = (f'<img src="{html.escape(r["run"])}/{views.name}" alt="views of {html.escape(r["prompt"])}">'
                    if views.is_file() else '<div class="none">no views</div>')  # fmt: skip
         facts = [f"seed {r['seed']}", r["method"], r["status"]]
         if r["seconds"] != "":

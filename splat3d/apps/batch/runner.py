@@ -126,6 +126,12 @@ class Backend:
     gpus_per_task: float = 0.0
     retries: int = 2
 
+    def __post_init__(self):
+        if self.workers < 1 or self.cpus_per_task <= 0 or self.gpus_per_task < 0 or self.retries < 0:
+            raise Splat3dError("--workers and --cpus-per-task must be positive, --gpus-per-task and --retries >= 0.")
+        if self.kind != "ray" and self.gpus_per_task:
+            raise Splat3dError("--gpus-per-task applies to Ray tasks; add --ray (or --ray ADDRESS).")
+
 
 class BatchState:
     """Counts for the overview: done, running, failed, remaining, and an ETA."""
