@@ -108,8 +108,6 @@ def read_jobs(path: Path, defaults: Job) -> list[Job]:
             job.config = str(Path(job.config).expanduser().resolve())
         if job.model and job.model not in builtins and Path(job.model).expanduser().exists():
             job.model = str(Path(job.model).expanduser().resolve())
-        if not job.prompt.strip():
-            raise Splat3dError(f"{where} has an empty prompt; write what to generate, e.g. a red cube.")
         try:
             cfg = job.build_config()
         except Splat3dError as e:
