@@ -93,12 +93,6 @@ class RunFolder:
         return self.path / "views.png"
 
     @property
-    def turntable_path(self) -> Path:
-        """turntable.mp4; turntable.gif where no mp4 writer exists."""
-        mp4 = self.path / "turntable.mp4"
-        return mp4 if mp4.exists() or not (self.path / "turntable.gif").exists() else self.path / "turntable.gif"
-
-    @property
     def renders_dir(self) -> Path:
         return self.path / "renders"
 
@@ -200,7 +194,7 @@ class RunFolder:
     def write_final(self, scene: GaussianScene, views: Sequence[np.ndarray], turntable: Sequence[np.ndarray]) -> None:
         write_ply(scene, self.scene_path)
         save_png(grid(views, columns=min(4, len(views))), self.views_path)
-        save_video(turntable, self.path / "turntable.mp4")
+        save_video(turntable, self.path / "turntable.mp4")  # turntable.gif where no mp4 writer exists
 
     # --------------------------------------------------------------- scene
     def load_scene(self) -> GaussianScene:
