@@ -170,12 +170,13 @@ class FolderLock:
             return None
 
     def _refusal(self) -> FolderInUse:
+        # The holder may not have written its record yet (it writes right after locking): then it is unnamed.
         who = self.holder() or {}
-        pid = who.get("pid", "?")
-        what = f" ({who['command']}" + (f" on {who['host']}" if who.get("host") != socket.gethostname() else "") + ")"
+        where = f" on {who['host']}" if who.get("host", socket.gethostname()) != socket.gethostname() else ""
+        what = f" ({who['command']}{where})" if who.get("command") else ""
         return FolderInUse(
-            f"{self.folder} is in use by process {pid}{what if who.get('command') else ''}; wait for it to "
-            f"finish (or stop it) {self.hint}."
+            f"{self.folder} is in use by process {who.get('pid', '?')}{what}; wait for it to finish (or stop it) "
+            f"{self.hint}."
         )
 
     def acquire(self) -> FolderLock:
