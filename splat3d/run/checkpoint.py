@@ -73,7 +73,7 @@ def load_checkpoint(path: Union[str, Path]) -> dict:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CorruptCheckpoint(
             f"Checkpoint {path} is corrupt or not a splat3d checkpoint ({reason}); "
-            "delete it to resume from the previous one."
+            "use an earlier checkpoint, or start a new run."
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
         raise Splat3dError(
@@ -92,8 +92,7 @@ def load_newest_checkpoint(folder: Union[str, Path], set_aside: bool = False) ->
     error is raised and nothing is renamed.
     """
     checkpoints = list_checkpoints(folder)
-    if not checkpoints:
-        raise Splat3dError(f"{folder} has no checkpoints.")
+    assert checkpoints, f"{folder} has no checkpoints; callers check first and say what to do"
     first_error = None
     for path in reversed(checkpoints):
         try:

@@ -120,9 +120,7 @@ class RunFolder:
                 self._lock = None
 
     def check_new(self, overwrite: bool) -> None:
-        """Refuse a file, or a non-empty folder without --overwrite. Writes nothing."""
-        if self.path.exists() and not self.path.is_dir():
-            raise Splat3dError(f"Output path {self.path} is a file; choose a folder with --out.")
+        """Refuse a non-empty folder without --overwrite (a file in the way is refused by the lock). Writes nothing."""
         if self.path.is_dir() and any(p.name != FolderLock.NAME for p in self.path.iterdir()) and not overwrite:
             raise Splat3dError(
                 f"Run folder {self.path} is not empty; pass --overwrite to replace it, --resume {self.path} to "
@@ -202,7 +200,7 @@ class RunFolder:
         if self.scene_path.is_file():
             return read_ply(self.scene_path)
         if self.checkpoints():
-            return GaussianScene(**load_newest_checkpoint(self.checkpoints_dir)[1]["params"])
+            return GaussianScene(**self.newest_checkpoint()[1]["params"])
         raise Splat3dError(f"{self.path} holds neither scene.ply nor checkpoints; pass a run folder or a file.")
 
 
