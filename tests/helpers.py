@@ -26,6 +26,8 @@ FAST = [
     "output.video_frames=6",
     "output.video_size=32",
 ]
+# With FAST: no densification past step 8, so the scene stays small and steps and checkpoints stay cheap.
+SMALL = ["strategy.refine_stop=8"]
 
 
 def run_cli(capsys, *args):

@@ -10,7 +10,7 @@ then re-record them at a commit known to be right, and say so in the commit.
 import hashlib
 
 import pytest
-from helpers import FAST, run_cli
+from helpers import SMALL, run_cli, sets
 
 PINNED = {
     ("pixel", "sds"): "89c2ebbd4f8b99e9aea62a7579c2851d3de93d4eb1bbba3805c0e0c15f4efe41",
@@ -20,7 +20,6 @@ PINNED = {
     ("latent", "l2vsd"): "d8cb830c690e4e83c243e0223c4012984b9e6fff943e5e6357485d01fd6f5c6f",
     ("pixel", "l2vsd-resumed"): "91ee37e8063e1cda16d5115e48abed71359286cff402f8af2676469ece9fd97e",
 }
-SMALL = [*FAST, "strategy.refine_stop=8"]
 
 
 def digest(path) -> str:
@@ -33,7 +32,7 @@ def test_scene_ply_is_pinned(tiny_priors, tmp_path, capsys, kind, method):
     out = tmp_path / "run"
     steps = 4 if method.endswith("-resumed") else 8
     args = ["generate", "a red cube", "--model", prior, "--method", method.split("-")[0], "--seed", 1,
-            "--out", out, "--quiet", *[x for s in SMALL for x in ("--set", s)]]  # fmt: skip
+            "--out", out, "--quiet", *sets(*SMALL)]  # fmt: skip
     code, _, err = run_cli(capsys, *args, "--steps", steps)
     assert code == 0, err
     if method.endswith("-resumed"):

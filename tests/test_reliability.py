@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, assert_clean, run_cli, sets, spawn_cli
+from helpers import FAST, SMALL, assert_clean, run_cli, sets, spawn_cli
 
 from splat3d.errors import Splat3dError
 from splat3d.io import fileio
@@ -24,8 +24,6 @@ from splat3d.run.config import build_config
 from splat3d.run.trainer import RunInterrupted, resume_run, start_run
 
 MARKUP = ["a[bold]b", "a[/]b", "[red]x[/red]"]
-# No densification past step 8: the scene stays small, so steps and checkpoints stay cheap.
-SMALL = ["strategy.refine_stop=8"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +90,9 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         FolderLock(tmp_path / "run").acquire()
     with pytest.raises(FolderInUse):
         FolderLock(tmp_path / "run").check_free()
+    (tmp_path / "run" / FolderLock.NAME).write_text("")  # a holder that has locked but not yet said who it is
+    with pytest.raises(FolderInUse, match="in use by process \\?; wait"):
+        FolderLock(tmp_path / "run").acquire()
     held.release()
     assert not (tmp_path / "run" / FolderLock.NAME).exists(), "a clean release leaves no lock file"
     # A process that died left its lock file: the kernel dropped its flock, so it is taken over with a note.
