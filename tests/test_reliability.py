@@ -302,3 +302,17 @@ def test_resume_with_no_good_checkpoint_stops_and_renames_nothing(tmp_path, caps
     code, _, err = run_cli(capsys, "generate", "--resume", tmp_path / "run")
     assert_clean(code, err, "step_000008.pt is corrupt")
     assert sorted(p.name for p in folder.iterdir()) == ["step_000004.pt", "step_000008.pt"]
+
+
+def test_a_machine_without_imageio_ffmpeg_still_runs_and_writes_gifs(tmp_path):
+    """The GPU image had no imageio-ffmpeg: importing the trainer failed before the GIF fallback could act."""
+    code = (
+        "import sys; sys.modules['imageio_ffmpeg'] = None\n"
+        "import numpy as np\n"
+        "import splat3d.run.trainer\n"
+        "from splat3d.io.media import save_video\n"
+        f"print(save_video(np.zeros((3, 8, 8, 3), np.uint8), {str(tmp_path / 'turntable.mp4')!r}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("turntable.gif") and (tmp_path / "turntable.gif").is_file()

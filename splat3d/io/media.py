@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,6 +45,8 @@ def grid(images: Sequence[np.ndarray], columns: int | None = None, pad: int = 2)
 
 def has_mp4_writer() -> bool:
     try:
+        import imageio_ffmpeg  # a dependency, but a machine without it still writes GIFs
+
         return Path(imageio_ffmpeg.get_ffmpeg_exe()).exists()
     except Exception:  # noqa: BLE001 - no usable ffmpeg binary, for whatever reason
         return False
@@ -72,6 +73,8 @@ def save_video(frames: Sequence[np.ndarray], path: Union[str, Path], fps: int = 
             )  # fmt: skip
             # ffmpeg reports a full disk only on its own stderr and imageio returns as if all went well:
             # read the file back, so a truncated video never replaces a good one.
+            import imageio_ffmpeg
+
             try:
                 complete = imageio_ffmpeg.count_frames_and_secs(tmp)[0] == len(stack)
             except (RuntimeError, OSError):

@@ -8,7 +8,7 @@ way on CPU and GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
@@ -128,7 +128,7 @@ def render(
     )
 
 
-def _render_gsplat(coeffs: Tensor, with_depth: bool, **args):
+def _render_gsplat(coeffs: Tensor, with_depth: bool, backgrounds: Optional[Tensor] = None, **args):
     from gsplat import rasterization
 
     colors, alphas, info = rasterization(
@@ -138,6 +138,11 @@ def _render_gsplat(coeffs: Tensor, with_depth: bool, **args):
         **args,
     )
     info["packed"] = True
-    if with_depth:  # gsplat pads the background with 0 for the depth channel
-        return colors[..., :3], alphas, colors[..., 3:4], info
-    return colors, alphas, None, info
+    depths = colors[..., 3:4] if with_depth else None
+    colors = colors[..., :3]
+    # gsplat 1.5.3's packed mode rejects per-view backgrounds (its shape check
+    # expects [3] there), so the background is composited here, as gsplat does:
+    # C + (1 - alpha) * background.
+    if backgrounds is not None:
+        colors = colors + (1.0 - alphas) * backgrounds[:, None, None, :]
+    return colors, alphas, depths, info

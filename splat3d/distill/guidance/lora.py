@@ -24,12 +24,14 @@ LORA_ADAPTER = "splat3d_lora"
 def _group_norm_decomposed(input, num_groups, weight=None, bias=None, eps=1e-5):
     """F.group_norm from elementary ops. PyTorch's forward-AD formula for
     native_group_norm views the tangent and fails when it is not contiguous
-    (it is not, after some of the UNet's concatenations)."""
+    (it is not, after some of the UNet's concatenations). Statistics in float32
+    at least, as the native kernel keeps them: squares of float16 activations
+    overflow."""
     n, c = input.shape[:2]
-    x = input.reshape(n, num_groups, -1)
+    x = input.reshape(n, num_groups, -1).to(torch.promote_types(input.dtype, torch.float32))
     mean = x.mean(-1, keepdim=True)
     var = x.var(-1, unbiased=False, keepdim=True)
-    x = ((x - mean) * torch.rsqrt(var + eps)).reshape(input.shape)
+    x = ((x - mean) * torch.rsqrt(var + eps)).reshape(input.shape).to(input.dtype)
     shape = (1, c) + (1,) * (input.ndim - 2)
     if weight is not None:
         x = x * weight.reshape(shape)
@@ -116,10 +118,14 @@ class LoRAScoreModel:
         prior = self.prior
         args = (x_t.to(prior.dtype), t)
         kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=camera.to(self.param_dtype))
-        if params is None:
-            out = prior.unet(*args, **kwargs).sample
-        else:
-            out = torch.func.functional_call(prior.unet, params, args, kwargs, strict=False).sample
+        # A half-precision prior on CUDA runs its LoRA branch under autocast: there
+        # forward-mode AD otherwise hands float32 activations to half weights.
+        half_cuda = prior.device.type == "cuda" and prior.dtype in (torch.float16, torch.bfloat16)
+        with torch.autocast("cuda", dtype=prior.dtype, enabled=half_cuda):
+            if params is None:
+                out = prior.unet(*args, **kwargs).sample
+            else:
+                out = torch.func.functional_call(prior.unet, params, args, kwargs, strict=False).sample
         return prior.to_epsilon(out.to(self.param_dtype), x_t, t)
 
     @torch.no_grad()
