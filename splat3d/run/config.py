@@ -185,16 +185,17 @@ def build_config(
         return cfg
 
     # The method's preset (configs/METHOD.yaml) sits right above the defaults,
-    # so files, --set and options all override it. Without a config file on a
-    # machine without CUDA, the cpu preset comes next: defaults that finish.
+    # so files, --set and options all override it. Without a config file the
+    # device's preset comes next: cpu (defaults that finish on 2 cores) without
+    # CUDA, gpu (Stable Diffusion at 512 px) with it.
     first = merged([])
     base = []
     method_preset = preset_dir() / f"{first.method}.yaml"
     if method_preset.is_file():
         base.append((load_yaml(method_preset), str(method_preset)))
-    if config_file is None and _runs_on_cpu(first.device):
-        cpu_preset = preset_dir() / "cpu.yaml"
-        base.append((load_yaml(cpu_preset), str(cpu_preset)))
+    if config_file is None:
+        device_preset = preset_dir() / ("cpu.yaml" if _runs_on_cpu(first.device) else "gpu.yaml")
+        base.append((load_yaml(device_preset), str(device_preset)))
     cfg = merged(base)
     try:
         run: RunConfig = OmegaConf.to_object(cfg)  # each section validates itself (__post_init__)
@@ -203,6 +204,31 @@ def build_config(
     if run.model == "auto":  # resolved here, once, so config.yaml repeats the run exactly
         run = dataclasses.replace(run, model=default_model(torch.device("cpu" if _runs_on_cpu(run.device) else "cuda")))
     return run
+
+
+def schedule_problems(run: RunConfig) -> list[str]:
+    """Step-valued settings that fall outside the run (or can never act), one sentence each."""
+    steps, s, g = run.steps, run.strategy, run.guidance
+    problems = []
+    if not 0 <= s.refine_start < s.refine_stop <= steps:
+        problems.append(f"densification runs from strategy.refine_start {s.refine_start} to strategy.refine_stop "
+                        f"{s.refine_stop}, which is not a window inside the run's {steps} steps")  # fmt: skip
+    elif s.refine_every > s.refine_stop - s.refine_start:
+        problems.append(f"strategy.refine_every {s.refine_every} is longer than the densification window")
+    if s.kind == "default" and s.reset_every >= s.refine_stop:
+        problems.append(f"strategy.reset_every {s.reset_every} never acts before strategy.refine_stop "
+                        f"{s.refine_stop}; use 0 for never")  # fmt: skip
+    if g.anneal_start_step is not None and not 0 <= g.anneal_start_step < steps:
+        problems.append(f"guidance.anneal_start_step {g.anneal_start_step} is outside the run's {steps} steps")
+    if g.anneal_end_step is not None and not (g.anneal_start_step or 0) < g.anneal_end_step <= steps:
+        problems.append(f"guidance.anneal_end_step {g.anneal_end_step} is outside the anneal's window")
+    for step, size in run.camera.render_size_schedule:
+        if not 0 < step < steps:
+            problems.append(f"camera.render_size_schedule switches to {size} px at step {step}, outside the run")
+    for name in ("checkpoint_every", "preview_every"):
+        if getattr(run.output, name) > steps:
+            problems.append(f"output.{name} {getattr(run.output, name)} is longer than the run's {steps} steps")
+    return problems
 
 
 def _runs_on_cpu(device: str) -> bool:

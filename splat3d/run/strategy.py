@@ -27,10 +27,14 @@ class StrategyConfig:
     kind: str = "default"
     """default (gsplat DefaultStrategy) or mcmc (MCMCStrategy)."""
     refine_start: int = 100
-    refine_stop: int = 1500
+    refine_stop: int = 750
+    """Last densify/prune step (75% of the default 1000 steps, as GaussianDreamer)."""
     refine_every: int = 100
-    reset_every: int = 1000
-    """Opacity reset interval (default strategy)."""
+    reset_every: int = 0
+    """gsplat's opacity-reset interval (default strategy); 0: never. gsplat also prunes large splats
+    (prune_scale3d) only after step reset_every. Note: gsplat 1.5.3 never performs the reset itself
+    (strategy/default.py: ``step % self.reset_every == 0 & step > 0`` is always false), so with it this
+    value only sets when large-splat pruning starts."""
     prune_opa: float = 0.01
     grow_grad2d: float = 0.0002
     grow_scale3d: float = 0.01
@@ -41,6 +45,8 @@ class StrategyConfig:
     def __post_init__(self):
         if self.kind not in ("default", "mcmc"):
             raise Splat3dError(f"Unknown strategy {self.kind!r}; choose default or mcmc.")
+        if self.reset_every < 0 or self.refine_every <= 0:
+            raise Splat3dError("strategy.reset_every must be 0 (never) or positive, and refine_every positive.")
 
 
 def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):
@@ -83,6 +89,9 @@ def torch_mcmc_helpers():
         ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
 
 
+NEVER = 2**31 - 1  # a reset interval no run reaches (gsplat has no "off" switch)
+
+
 def make_strategy(cfg: StrategyConfig):
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
@@ -101,7 +110,7 @@ def make_strategy(cfg: StrategyConfig):
         prune_scale3d=cfg.prune_scale3d,
         refine_start_iter=cfg.refine_start,
         refine_stop_iter=cfg.refine_stop,
-        reset_every=cfg.reset_every,
+        reset_every=cfg.reset_every or NEVER,
         refine_every=cfg.refine_every,
         verbose=False,
     )
