@@ -483,7 +483,10 @@ app.add_typer(prior_app, name="prior")
 def prior_train(
     world: str = typer.Argument("shapes", help="The world to train on (shapes)."),
     out: Path = typer.Option(..., "--out", "-o", help="Training folder: dataset cache, checkpoints, prior/."),
-    steps: int = typer.Option(6500, help="Training steps (it resumes from the folder's last checkpoint)."),
+    steps: Optional[int] = typer.Option(
+        None, help="UNet training steps (default: the version's; it resumes from the folder's last checkpoint)."
+    ),
+    version: int = typer.Option(1, "--version", help="1: the shipped 32-px prior; 2: 64-px latent (in progress)."),
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed of the dataset, the initial weights and the batches."),
     checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
@@ -492,18 +495,22 @@ def prior_train(
     """Train the built-in prior of a world from a seed (resumable); writes OUT/prior."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
+    from splat3d.shapes.train_prior import VERSIONS, PriorTrainConfig, PriorTrainer
 
     if world != "shapes":
         raise Splat3dError(f"Unknown world {world!r}; the built-in world is shapes.")
-    cfg = PriorTrainConfig(steps=steps, batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every)
+    if version not in VERSIONS:
+        raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
+    settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
+    cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     ensure_writable_dir(out)
     columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
     with FolderLock(out, "splat3d prior train"):
         trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m))
         with Progress(*columns, console=err_console, disable=quiet) as progress:
-            task = progress.add_task("train", total=steps, completed=trainer.step, loss=float("nan"))
+            task = progress.add_task("train", total=trainer.total_steps, completed=trainer.total_step,
+                                     loss=float("nan"))  # fmt: skip
             folder = trainer.run(on_step=lambda step, loss: progress.update(task, completed=step, loss=loss))
     console.print(f"wrote the prior to {folder} ({trainer.step} steps); use it with --model {folder}")
 

@@ -10,6 +10,7 @@ from helpers import run_cli
 from splat3d.distill.priors import load_prior
 from splat3d.distill.prompts import PromptConfig, PromptProcessor
 from splat3d.distill.sample import sample_images
+from splat3d.errors import Splat3dError
 from splat3d.render import render
 from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
@@ -139,3 +140,52 @@ def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
     (run / "config.yaml").write_text(to_yaml(cfg))
     code, _, err = run_cli(capsys, "eval", run)
     assert code == 2 and "no truth" in " ".join(err.split())
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def on_step(total, loss):
+        if total == step:
+            raise _Stop
+
+    return on_step
+
+
+def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(tmp_path):
+    cfg = dataclasses.replace(TINY, latent=True, vae_steps=3, vae_batch_size=4, vae_block_out_channels=(8, 16, 16),
+                              steps=3, views_per_object=32, overhead_share=0.5)  # fmt: skip
+    straight = PriorTrainer(cfg, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None)
+    straight.run()
+    assert (straight.vae_step, straight.step, straight.total_step) == (3, 3, 6)
+    # interrupted inside the autoencoder's stage (last checkpoint: step 2), then inside the UNet's (step 4)
+    for stop in (3, 5):
+        with pytest.raises(_Stop):
+            PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None).run(_stop_at(stop))
+    resumed = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert resumed.total_step == 4
+    folder = resumed.run()
+    for a, b in ((straight.ema, resumed.ema), (straight.vae, resumed.vae)):
+        for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), k
+    assert (straight.data["elevation"] > 60).float().mean() == 0.5, "half the views from overhead"
+    prior = load_prior(folder, device="cpu")
+    assert prior.is_latent and prior.image_size == 16 and prior.unet.config.sample_size == 4
+    assert prior.vae.config.scaling_factor == pytest.approx(straight.vae.config.scaling_factor)
+    images = sample_images(prior, ["a red cube, overhead view"], steps=3)
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_training_folder_resumes_only_with_its_own_settings(tmp_path):
+    PriorTrainer(dataclasses.replace(TINY, steps=2), tmp_path / "run", cache_dir=tmp_path / "cache",
+                 log=lambda m: None).run()  # fmt: skip
+    caches = set((tmp_path / "cache").iterdir())
+    with pytest.raises(Splat3dError, match=r"other settings \(latent, resolution\).*same --version"):
+        PriorTrainer(dataclasses.replace(TINY, resolution=32, latent=True), tmp_path / "run",
+                     cache_dir=tmp_path / "cache", log=lambda m: None)  # fmt: skip
+    assert set((tmp_path / "cache").iterdir()) == caches, "refused before rendering a dataset"
+    more = PriorTrainer(dataclasses.replace(TINY, steps=5), tmp_path / "run", cache_dir=tmp_path / "cache",
+                        log=lambda m: None)  # fmt: skip
+    assert more.step == 2  # a longer run of the same settings resumes
