@@ -469,7 +469,7 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
     views = len(result.per_view)
     console.print(
         f"prompt accuracy {result.prompt_accuracy:.3f} ({round(result.prompt_accuracy * views)}/{views} views), "
-        f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}"
+        f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}, speckle {result.speckle:.3f}"
         + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else "")
     )
     console.print(f"wrote {RunFolder(run).eval_path}")

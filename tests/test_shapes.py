@@ -14,6 +14,7 @@ from splat3d.errors import Splat3dError
 from splat3d.render import render
 from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
+from splat3d.scene.gaussians import rgb_to_sh0
 from splat3d.scene.ply import write_ply
 from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object, parse_prompt
@@ -127,6 +128,13 @@ def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
     janus = GaussianScene(**{k: torch.cat([raw[k], turned[k]]) for k in raw})
     janus_eval = evaluate_scene(janus, "red", "house", classifier)
     assert right.view_consistency >= janus_eval.view_consistency + 0.25, (right.view_consistency, janus_eval)
+    # Speckle: a fifth of the house's Gaussians, scattered over its surface, turned green.
+    spotted = house.raw()
+    dots = torch.rand(len(house), generator=torch.Generator().manual_seed(0)) < 0.2
+    spotted["sh0"][dots] = rgb_to_sh0(torch.tensor(COLOURS["green"], dtype=spotted["sh0"].dtype))
+    speckled = evaluate_scene(GaussianScene(**spotted), "red", "house", classifier)
+    assert right.speckle < 0.02 and speckled.speckle > right.speckle + 0.05, (right.speckle, speckled.speckle)
+    assert speckled.iou > 0.9  # the silhouette is the same: speckle is its own measure
 
     run = tmp_path / "run"
     run.mkdir()

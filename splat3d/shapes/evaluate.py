@@ -6,8 +6,9 @@ with the prior, judges colour, kind and view (front/side/back/overhead) of a
 and reports:
 
 - prompt accuracy: the fraction of views where colour and kind are right;
-- agreement with the true object on the same views: alpha-mask IoU, and the
-  mean absolute colour error inside both masks;
+- agreement with the true object on the same views: alpha-mask IoU, the
+  mean absolute colour error inside both masks, and speckle: the share of
+  those pixels whose colour is far from the truth's (SPECKLE_THRESHOLD);
 - view consistency (objects with a front): the fraction of views where "the
   front is seen" agrees with "the camera is in front" (azimuth within the
   prompt processor's front threshold). A Janus object, with a front on
@@ -35,6 +36,11 @@ RING_ELEVATION = 15.0
 RING_RADIUS = 2.9
 RING_FOVY = 41.5
 RING_VIEWS = 8
+# Speckle: the share of foreground pixels whose colour is far from the true object's at the same pixel,
+# "far" meaning more than 0.25 (64 of 255) in some channel: a dot of another colour, not shading noise
+# (the renders of two samplings of the same true object differ by under 0.1). Pixels within 1 px of
+# either silhouette's edge are left out, so a rim 1 px off is not counted as speckle.
+SPECKLE_THRESHOLD = 0.25
 
 
 class ShapesClassifier(torch.nn.Module):
@@ -138,6 +144,7 @@ class Evaluation:
     kind_accuracy: float
     iou: float
     colour_error: float
+    speckle: float
     view_consistency: Optional[float]
     per_view: list
 
@@ -159,6 +166,9 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
     union = (mask_ours | mask_true).sum((1, 2)).float().clamp_min(1)
     both = (mask_ours & mask_true)[:, None].expand_as(ours.images)
     colour_error = ((ours.images - truth.images).abs() * both).sum() / both.sum().clamp_min(1)
+    inside = ~F.max_pool2d((~(mask_ours & mask_true))[:, None].float(), 3, 1, 1).bool()[:, 0]  # eroded by 1 px
+    far = (ours.images - truth.images).abs().amax(1) > SPECKLE_THRESHOLD
+    speckle = (far & inside).sum() / inside.sum().clamp_min(1)
     ok_colour = [p == colour for p in pred_colour]
     ok_kind = [p == kind for p in pred_kind]
     per_view = [
@@ -172,7 +182,8 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
         prompt=f"a {colour} {kind}", colour=colour, kind=kind,
         prompt_accuracy=sum(a and b for a, b in zip(ok_colour, ok_kind)) / RING_VIEWS,
         colour_accuracy=sum(ok_colour) / RING_VIEWS, kind_accuracy=sum(ok_kind) / RING_VIEWS,
-        iou=float((inter / union).mean()), colour_error=float(colour_error), view_consistency=consistency,
+        iou=float((inter / union).mean()), colour_error=float(colour_error), speckle=float(speckle),
+        view_consistency=consistency,
         per_view=per_view,
     )  # fmt: skip
 
@@ -222,7 +233,8 @@ def run_metrics(run: Path) -> Optional[dict]:
         return None
     return {
         "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
-        "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
+        "colour_error": evaluation.colour_error, "speckle": evaluation.speckle,
+        "view_consistency": evaluation.view_consistency,
     }  # fmt: skip
 
 

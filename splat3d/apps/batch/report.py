@@ -12,7 +12,8 @@ from splat3d.io.fileio import atomic_write
 from splat3d.run.folder import RunFolder
 
 SUMMARY_FIELDS = ("prompt", "seed", "method", "status", "seconds", "gaussians", "prompt_accuracy", "iou",
-                  "colour_error", "view_consistency", "attempts", "run", "error")  # fmt: skip
+                  "colour_error", "speckle", "view_consistency", "attempts", "run", "error")  # fmt: skip
+METRICS = SUMMARY_FIELDS[6:11]
 
 
 def summary_rows(jobs: list[Job], root: Path) -> list[dict]:
@@ -24,7 +25,7 @@ def summary_rows(jobs: list[Job], root: Path) -> list[dict]:
         rows.append({
             "prompt": job.prompt, "seed": job.seed, "method": record.get("method") or job.method or "",
             "status": "partial" if status == "running" else status, "seconds": record.get("seconds", ""),
-            "gaussians": record.get("gaussians", ""), **{k: metrics.get(k, "") for k in SUMMARY_FIELDS[6:10]},
+            "gaussians": record.get("gaussians", ""), **{k: metrics.get(k, "") for k in METRICS},
             "attempts": record.get("attempts", 0), "run": job.name, "error": record.get("error") or "",
         })  # fmt: skip
     return rows
