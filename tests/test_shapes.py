@@ -172,6 +172,8 @@ def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(t
     for stop in (3, 5):
         with pytest.raises(_Stop):
             PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None).run(_stop_at(stop))
+    with pytest.raises(Splat3dError, match=r"other settings \(vae_steps\)"):  # the UNet already learns its latents
+        PriorTrainer(dataclasses.replace(cfg, vae_steps=4), tmp_path / "b", cache_dir=tmp_path / "cache")
     resumed = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None)
     assert resumed.total_step == 4
     folder = resumed.run()

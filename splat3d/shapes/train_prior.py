@@ -204,9 +204,10 @@ def build_vae(cfg: PriorTrainConfig):
     )  # fmt: skip
 
 
-def _check_same_settings(saved: dict, cfg: PriorTrainConfig, out: Path) -> None:
-    """A training folder resumes only with the settings it was started with (step counts may change)."""
-    free = ("steps", "vae_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps")
+def _check_same_settings(saved: dict, cfg: PriorTrainConfig, out: Path, unet_step: int) -> None:
+    """A training folder resumes only with the settings it was started with (step counts may change;
+    the autoencoder's only until the UNet has begun to learn its latents)."""
+    free = ("steps", "checkpoint_every", "keep_checkpoints", "classifier_steps") + (() if unet_step else ("vae_steps",))
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -224,7 +225,7 @@ class PriorTrainer:
         path, state = None, None
         if list_checkpoints(self.out / "checkpoints"):  # checked before any work
             path, state = load_newest_checkpoint(self.out / "checkpoints", set_aside=True)
-            _check_same_settings(json.loads(state["config"]), cfg, self.out)
+            _check_same_settings(json.loads(state["config"]), cfg, self.out, state.get("unet_step", 0))
         self.data = build_dataset(cfg, cache_dir or self.out / "cache", log)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
         self.modules = torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
