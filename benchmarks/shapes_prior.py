@@ -3,7 +3,9 @@
 For every (colour, kind) of the world and every phrasing (plain, front,
 side, back, overhead view), draws --samples DDIM samples (50 steps, at the
 CFG scale and DDIM eta the prior recommends) and classifies them. Reports
-colour, kind and joint accuracy overall and per phrasing, writes
+colour, kind and joint accuracy overall and per phrasing, and for the kinds
+with a front (house, mug) asked for a view, how often the classifier sees the
+view that was asked for; writes
 benchmarks/results/shapes_prior.json, a picture of one sample per object,
 and a table in docs/benchmarks.md.
 
@@ -40,10 +42,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from splat3d.distill.priors import builtin_priors, load_prior
+    from splat3d.distill.prompts import VIEWS
     from splat3d.distill.sample import sample_images
     from splat3d.io.media import grid, save_png, to_uint8
     from splat3d.shapes.evaluate import load_classifier
-    from splat3d.shapes.world import COLOURS, KINDS
+    from splat3d.shapes.world import COLOURS, FRONTED, KINDS
 
     prior = load_prior(args.model, "cpu")
     if args.guidance_scale is None:
@@ -70,12 +73,18 @@ def main() -> None:
         for p in PHRASINGS
     }
     per_kind = {k: both[[i for i, x in enumerate(prompts) if x[1] == k]].float().mean().item() for k in KINDS}
+    # The view: only objects with a front have one to get right, and only view phrasings ask for one.
+    asked = [i for i, (_, k, p) in enumerate(prompts) if k in FRONTED and p]
+    view_asked = torch.tensor([VIEWS.index(prompts[i][2].split()[-2]) for i in asked])
+    view_ok = out["view"][asked].argmax(1) == view_asked
+    per_view = {v: view_ok[view_asked == j].float().mean().item() for j, v in enumerate(VIEWS)}
     result = {
         "machine": machine(), "model": args.model, "samples": len(prompts), "ddim_steps": args.steps,
         "guidance_scale": args.guidance_scale, "eta": args.eta, "seed": args.seed, "seconds": seconds,
         "colour_accuracy": colour_ok.float().mean().item(),
         "kind_accuracy": kind_ok.float().mean().item(), "accuracy": both.float().mean().item(),
         "per_phrasing": per_phrasing, "per_kind": per_kind,
+        "view_accuracy": view_ok.float().mean().item(), "view_samples": len(asked), "per_view": per_view,
     }  # fmt: skip
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +105,10 @@ def main() -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in per_phrasing.items())
             + "\n\nPer kind (both right): "
             + ", ".join(f"{k} {v:.2f}" for k, v in per_kind.items())
-            + "\n\n![one sample per object](../benchmarks/results/shapes_prior.png)\n",
+            + f"\n\nView asked = view seen ({', '.join(FRONTED)}, {len(asked)} samples): "
+            + f"**{result['view_accuracy']:.3f}** ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in per_view.items())
+            + ")\n\n![one sample per object](../benchmarks/results/shapes_prior.png)\n",
         )
 
 

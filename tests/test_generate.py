@@ -72,6 +72,9 @@ def test_resume_is_bit_identical(prior_dir, tmp_path, strategy):
         f"strategy.kind={strategy}",
         "strategy.cap_max=400",
         "strategy.refine_start=2",
+        "strategy.refine_stop=6",
+        "strategy.cleanup_every=1",  # cleanups after steps 6, 7 and 8, past the resume at 4
+        "strategy.cleanup_opacity=0.1",
         "background=random",
     ]
     with open_run(prior_dir, tmp_path / "a", extra=extra) as straight:

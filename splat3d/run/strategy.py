@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from splat3d.errors import Splat3dError
+from splat3d.scene.gaussians import sh0_to_rgb
 
 
 @dataclass
@@ -41,12 +42,48 @@ class StrategyConfig:
     prune_scale3d: float = 0.1
     cap_max: int = 20000
     """Most Gaussians the MCMC strategy grows to."""
+    cleanup_every: int = 0
+    """From refine_stop on, every this many steps and after the last one, remove the Gaussians that
+    stay semi-transparent or carry a colour no neighbour shares (see cleanup_mask); 0: never."""
+    cleanup_opacity: float = 0.5
+    """Gaussians below this opacity at a cleanup are removed: they only haze the surface."""
+    cleanup_colour: float = 0.25
+    """Two colours are "shared" when no channel differs by more than this (the evaluator's speckle
+    threshold)."""
+    cleanup_neighbours: int = 8
+    """A Gaussian sharing its colour with fewer than 2 of its this many nearest neighbours is an
+    isolated dot (speckle) and is removed; coherent details (a door, a window) keep theirs."""
 
     def __post_init__(self):
         if self.kind not in ("default", "mcmc"):
             raise Splat3dError(f"Unknown strategy {self.kind!r}; choose default or mcmc.")
         if self.reset_every < 0 or self.refine_every <= 0:
             raise Splat3dError("strategy.reset_every must be 0 (never) or positive, and refine_every positive.")
+        if self.cleanup_every < 0 or self.cleanup_neighbours < 2:
+            raise Splat3dError(
+                "strategy.cleanup_every must be 0 (never) or positive, and cleanup_neighbours at least 2."
+            )
+
+
+@torch.no_grad()
+def cleanup_mask(means: Tensor, opacities: Tensor, rgb: Tensor, cfg: StrategyConfig, chunk: int = 2048) -> Tensor:
+    """Gaussians to remove: semi-transparent ones (opacity below cfg.cleanup_opacity) and isolated
+    colours, those whose colour fewer than 2 of their cfg.cleanup_neighbours nearest neighbours share.
+
+    Written here because no library offers it: gsplat prunes by opacity and size only, and a
+    low-opacity prune alone keeps the opaque off-colour dots that read as speckle.
+    """
+    k = min(cfg.cleanup_neighbours, len(means) - 1)
+    isolated = torch.zeros(len(means), dtype=torch.bool, device=means.device)
+    if k >= 2:
+        for start in range(0, len(means), chunk):  # [chunk, N] distances at a time, not [N, N]
+            rows = slice(start, start + chunk)
+            d = torch.cdist(means[rows], means)
+            d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = float("inf")  # not oneself
+            near = d.topk(k, largest=False).indices
+            shared = ((rgb[near] - rgb[rows, None]).abs().amax(-1) <= cfg.cleanup_colour).sum(-1)
+            isolated[rows] = shared < 2
+    return isolated | (opacities < cfg.cleanup_opacity)
 
 
 def compute_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):
@@ -127,6 +164,7 @@ class Densifier:
                  device: torch.device):  # fmt: skip
         from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
+        self.config = config
         self.strategy = make_strategy(config)
         self.mcmc = isinstance(self.strategy, MCMCStrategy)
         self.device = device
@@ -148,6 +186,31 @@ class Densifier:
         else:
             with torch_mcmc_helpers():
                 self.strategy.step_post_backward(params, optimizers, self.state, step, info, lr=means_lr)
+
+    def cleanup(self, params: dict, optimizers: dict, step: int, total_steps: int) -> int:
+        """After step ``step`` (0-based) of ``total_steps``: remove what cleanup_mask finds, if this is a
+        cleanup step; through gsplat's own remove op, so optimiser moments and strategy state follow.
+        Returns how many Gaussians went."""
+        from gsplat.strategy.ops import remove
+
+        cfg, done = self.config, step + 1
+        due = (
+            cfg.cleanup_every
+            and done >= cfg.refine_stop
+            and ((done - cfg.refine_stop) % cfg.cleanup_every == 0 or done == total_steps)
+        )
+        if not due:
+            return 0
+        rgb = sh0_to_rgb(params["sh0"][:, 0])  # the view-independent colour
+        mask = cleanup_mask(params["means"], torch.sigmoid(params["opacities"]), rgb, cfg)
+        if mask.all():  # never empty a scene: a later step could not bring it back
+            mask = torch.zeros_like(mask)
+        if mask.any():
+            # Per-Gaussian state only (MCMC's state also holds a binomial table, which must stay whole).
+            per_gaussian = {k: v for k, v in self.state.items() if torch.is_tensor(v) and len(v) == len(mask)}
+            remove(params, optimizers, per_gaussian, mask)
+            self.state.update(per_gaussian)
+        return int(mask.sum())
 
     def state_dict(self) -> dict:
         return {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.state.items()}

@@ -141,6 +141,7 @@ class Trainer:
             self.nonfinite_total += 1
             for opt in (*self.optimizers.values(), self.background_optimizer):
                 opt.zero_grad(set_to_none=True)
+        self.densifier.cleanup(self.scene.params, self.optimizers, step, cfg.steps)
         self.step += 1
         return {"loss": loss.item(), "finite": finite, **guided.logs}
 

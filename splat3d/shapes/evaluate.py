@@ -2,8 +2,8 @@
 
 A small CNN, trained on the world's renders (the prior's dataset) and shipped
 with the prior, judges colour, kind and view (front/side/back/overhead) of a
-32x32 render. ``evaluate_scene`` renders a result from a fixed ring of views
-and reports:
+render at the prior's resolution (64 px; 32 for the first prior). ``evaluate_scene``
+renders a result at 128 px from a fixed ring of twelve views and reports:
 
 - prompt accuracy: the fraction of views where colour and kind are right;
 - agreement with the true object on the same views: alpha-mask IoU, the
@@ -35,33 +35,43 @@ from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object
 RING_ELEVATION = 15.0
 RING_RADIUS = 2.9
 RING_FOVY = 41.5
-RING_VIEWS = 8
+# Twelve views, every 30° from the front: none lies on a view boundary (45° and 135° from the front,
+# the prompt processor's thresholds), so each has one right answer, 15° or more from the next view.
+RING_VIEWS = 12
+EVAL_SIZE = 128  # pixels of the evaluation renders (IoU, colour error, speckle); the classifier resizes
 # Speckle: the share of foreground pixels whose colour is far from the true object's at the same pixel,
 # "far" meaning more than 0.25 (64 of 255) in some channel: a dot of another colour, not shading noise
-# (the renders of two samplings of the same true object differ by under 0.1). Pixels within 1 px of
-# either silhouette's edge are left out, so a rim 1 px off is not counted as speckle.
+# (the renders of two samplings of the same true object differ by under 0.1). Pixels within 2 px (at
+# 128 px) of either silhouette's edge are left out, so a rim a pixel off is not counted as speckle.
 SPECKLE_THRESHOLD = 0.25
+SPECKLE_EDGE = 2
 
 
 class ShapesClassifier(torch.nn.Module):
-    """Colour, kind and view logits for [B, 3, 32, 32] renders in [0, 1]."""
+    """Colour, kind and view logits for [B, 3, H, W] renders in [0, 1], judged at ``input_size``.
 
-    def __init__(self, width: int = 32):
+    Renders of another size are resized (antialiased) first. The view needs where things are (the
+    door on the wall, the side the handle is on), so the last feature map is pooled to 4x4, not 1x1.
+    """
+
+    def __init__(self, width: int = 16, input_size: int = 64):
         super().__init__()
-        c = width
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(2 * c, 4 * c, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(2),
-            torch.nn.Flatten(),
-        )  # fmt: skip
-        self.colour = torch.nn.Linear(16 * c, len(COLOURS))
-        self.kind = torch.nn.Linear(16 * c, len(KINDS))
-        self.view = torch.nn.Linear(16 * c, len(VIEWS))
+        c, self.width, self.input_size = width, width, input_size
+        layers, channels = [], 3
+        for out in (c, 2 * c, 4 * c, 4 * c)[: 3 if input_size <= 32 else 4]:
+            layers += [torch.nn.Conv2d(channels, out, 3, padding=1), torch.nn.GELU(), torch.nn.MaxPool2d(2)]
+            channels = out
+        pooled = 2 if input_size <= 32 else 4  # 32 px: the first evaluator's layout (its weights still load)
+        self.features = torch.nn.Sequential(*layers[:-1], torch.nn.AdaptiveAvgPool2d(pooled), torch.nn.Flatten())
+        features = channels * pooled * pooled
+        self.colour = torch.nn.Linear(features, len(COLOURS))
+        self.kind = torch.nn.Linear(features, len(KINDS))
+        self.view = torch.nn.Linear(features, len(VIEWS))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        if images.shape[-2:] != (32, 32):
-            images = F.interpolate(images, (32, 32), mode="bilinear", align_corners=False, antialias=True)
+        size = (self.input_size, self.input_size)
+        if images.shape[-2:] != size:
+            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
         h = self.features(images * 2 - 1)
         return {"colour": self.colour(h), "kind": self.kind(h), "view": self.view(h)}
 
@@ -76,24 +86,37 @@ def dataset_labels(data: dict) -> dict[str, Tensor]:
 
 
 def train_classifier(data: dict, steps: int = 1500, batch_size: int = 128, seed: int = 0, log=None):
-    """Fit the classifier on the dataset (90%) and report accuracy on the held-out 10%."""
+    """Fit the classifier on the dataset (90%) and report accuracy on the held-out 10%.
+
+    It judges at the dataset's resolution. Augmented toward what distillation produces: colour
+    jitter, noise, shifts of a few pixels, and sometimes a blur (a render a little out of focus).
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     labels = dataset_labels(data)
     order = torch.randperm(len(data["images"]), generator=g)
     held = order[: len(order) // 10]
     train = order[len(order) // 10 :]
-    model = ShapesClassifier()
+    size = data["images"].shape[-1]
+    model = ShapesClassifier(width=32 if size <= 32 else 16, input_size=size)  # 16 at 64 px: 4x cheaper
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    reach = max(2, size // 16)
+    # A quarter of each batch from the kinds with a front: only they teach the view head.
+    fronted_train = train[torch.tensor([KINDS[k] in FRONTED for k in labels["kind"][train].tolist()])]
+    extra = batch_size // 4 if len(fronted_train) else 0
     for step in range(steps):
-        idx = train[torch.randint(0, len(train), (batch_size,), generator=g)]
+        idx = torch.cat([
+            train[torch.randint(0, len(train), (batch_size - extra,), generator=g)],
+            fronted_train[torch.randint(0, max(1, len(fronted_train)), (extra,), generator=g)],
+        ])  # fmt: skip
         images = data["images"][idx].float() / 255.0
-        # Robustness to what distillation produces: colour jitter, noise, small shifts.
         images = images * (1 + 0.1 * torch.randn(batch_size, 3, 1, 1, generator=g))
         images = images + 0.03 * torch.randn(images.shape, generator=g)
-        shift = torch.randint(-2, 3, (2,), generator=g).tolist()
+        shift = torch.randint(-reach, reach + 1, (2,), generator=g).tolist()
         images = torch.roll(images, shifts=shift, dims=(2, 3)).clamp(0, 1)
+        blurred = torch.rand(batch_size, generator=g) < 0.25
+        images[blurred] = F.avg_pool2d(images[blurred], 3, 1, 1, count_include_pad=False)
         out = model(images)
         fronted = torch.tensor([KINDS[k] in FRONTED for k in labels["kind"][idx].tolist()])
         loss = F.cross_entropy(out["colour"], labels["colour"][idx]) + F.cross_entropy(out["kind"], labels["kind"][idx])
@@ -107,7 +130,10 @@ def train_classifier(data: dict, steps: int = 1500, batch_size: int = 128, seed:
             log(f"classifier step {step + 1}/{steps}: loss {loss.item():.3f}")
     model.eval()
     with torch.no_grad():
-        out = model(data["images"][held].float() / 255.0)
+        out = torch.cat(
+            [torch.cat(list(model(chunk.float() / 255.0).values()), 1) for chunk in data["images"][held].split(512)]
+        )
+        out = dict(zip(("colour", "kind", "view"), out.split([len(COLOURS), len(KINDS), len(VIEWS)], 1)))
         fronted = torch.tensor([KINDS[k] in FRONTED for k in labels["kind"][held].tolist()])
         accuracy = {
             "colour": (out["colour"].argmax(1) == labels["colour"][held]).float().mean().item(),
@@ -122,14 +148,17 @@ def save_classifier(model: ShapesClassifier, folder: Path, accuracy: dict) -> No
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / "classifier.safetensors"))
-    meta = {"colours": list(COLOURS), "kinds": list(KINDS), "views": list(VIEWS), "held_out_accuracy": accuracy}
+    meta = {"colours": list(COLOURS), "kinds": list(KINDS), "views": list(VIEWS), "input_size": model.input_size,
+            "width": model.width, "held_out_accuracy": accuracy}  # fmt: skip
     (folder / "classifier.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_classifier(folder: Path) -> ShapesClassifier:
     from safetensors.torch import load_file
 
-    model = ShapesClassifier()
+    meta = json.loads((Path(folder) / "classifier.json").read_text())
+    # Written before size and width were recorded: the first evaluator's 32 px and width 32.
+    model = ShapesClassifier(width=meta.get("width", 32), input_size=meta.get("input_size", 32))
     model.load_state_dict(load_file(str(Path(folder) / "classifier.safetensors")))
     return model.eval()
 
@@ -152,7 +181,7 @@ class Evaluation:
 @torch.no_grad()
 def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: ShapesClassifier) -> Evaluation:
     azimuth = torch.arange(RING_VIEWS) * (360.0 / RING_VIEWS)
-    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, 64, 64)
+    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
     scene = scene.to("cpu")
     ours = render(scene, cams, 1.0, backend="torch")
     truth = render(make_object(colour, kind), cams, 1.0, backend="torch")
@@ -166,7 +195,8 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
     union = (mask_ours | mask_true).sum((1, 2)).float().clamp_min(1)
     both = (mask_ours & mask_true)[:, None].expand_as(ours.images)
     colour_error = ((ours.images - truth.images).abs() * both).sum() / both.sum().clamp_min(1)
-    inside = ~F.max_pool2d((~(mask_ours & mask_true))[:, None].float(), 3, 1, 1).bool()[:, 0]  # eroded by 1 px
+    edge = 2 * SPECKLE_EDGE + 1
+    inside = ~F.max_pool2d((~(mask_ours & mask_true))[:, None].float(), edge, 1, SPECKLE_EDGE).bool()[:, 0]
     far = (ours.images - truth.images).abs().amax(1) > SPECKLE_THRESHOLD
     speckle = (far & inside).sum() / inside.sum().clamp_min(1)
     ok_colour = [p == colour for p in pred_colour]
@@ -186,6 +216,25 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
         view_consistency=consistency,
         per_view=per_view,
     )  # fmt: skip
+
+
+@torch.no_grad()
+def ring_accuracy(classifier: ShapesClassifier, seed: int = 1) -> dict:
+    """The classifier on the evaluator's own ring of views of every true object (sampled with another
+    seed than the training renders): colour and kind over all objects, view over those with a front."""
+    azimuth = torch.arange(RING_VIEWS) * (360.0 / RING_VIEWS)
+    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
+    true_view = torch.tensor([VIEWS.index(v) for v in view_names(cams.elevation, cams.azimuth, PromptConfig())])
+    right = {"colour": [], "kind": [], "view_fronted": []}
+    for c, colour in enumerate(COLOURS):
+        for k, kind in enumerate(KINDS):
+            images = render(make_object(colour, kind, seed=seed), cams, 1.0, backend="torch").images.clamp(0, 1)
+            out = classifier(images)
+            right["colour"].append(out["colour"].argmax(1) == c)
+            right["kind"].append(out["kind"].argmax(1) == k)
+            if kind in FRONTED:
+                right["view_fronted"].append(out["view"].argmax(1) == true_view)
+    return {name: torch.cat(r).float().mean().item() for name, r in right.items()}
 
 
 def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
@@ -243,3 +292,59 @@ def write_evaluation(evaluation: Evaluation, path: Path) -> None:
 
     text = json.dumps(asdict(evaluation), indent=1)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def true_solid(kind: str, points: Tensor, cell: float = 0.02) -> Tensor:
+    """Which ``points`` [P, 3] lie inside the true object: its surface sampled densely (far below a
+    cell apart), voxelised at ``cell``, gaps up to 4 cells closed (the house's eaves leave its attic
+    open a crack) and its enclosed inside filled (scipy.ndimage)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from splat3d.shapes.world import object_points
+
+    surface, _ = object_points(kind, 400_000, seed=0)
+    lo = surface.min(0).values - 2 * cell
+    shape = tuple(int(v) for v in ((surface.max(0).values - lo) / cell).ceil().long() + 3)
+    grid = np.zeros(shape, dtype=bool)
+    idx = ((surface - lo) / cell).floor().long().numpy()
+    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    grid = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(grid, 5), iterations=4))[5:-5, 5:-5, 5:-5]
+    q = ((points.double() - lo) / cell).floor().long()
+    inside = ((q >= 0) & (q < torch.tensor(shape))).all(1)
+    q = q.clamp(torch.zeros(3, dtype=torch.long), torch.tensor(shape) - 1).numpy()
+    return torch.from_numpy(grid[q[:, 0], q[:, 1], q[:, 2]]) & inside
+
+
+def evaluate_mesh(mesh, scene: GaussianScene, kind: Optional[str] = None, views: int = 8) -> dict:
+    """How well a mesh stands for its scene, and for the true object:
+
+    - silhouette IoU: the mesh's silhouette against the splat render's alpha mask (> 0.5), from a ring
+      of ``views`` views at the evaluator's elevation and distance, 128 px;
+    - volume IoU (with ``kind``): the mesh's inside against the true object's (``true_solid``), at
+      points 0.02 apart over the union of both boxes;
+    - watertight (trimesh).
+    """
+    import numpy as np
+    import trimesh
+
+    from splat3d.scene.mesh import render_mesh
+
+    azimuth = torch.arange(views) * (360.0 / views)
+    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
+    with torch.no_grad():
+        splat = render(scene.to("cpu"), cams, 1.0, backend="torch").alphas[:, 0].numpy() > 0.5
+    _, masks = render_mesh(mesh, cams)
+    silhouette = (splat & masks).sum((1, 2)) / np.maximum((splat | masks).sum((1, 2)), 1)
+    result = {"silhouette_iou": float(silhouette.mean()), "watertight": bool(mesh.is_watertight),
+              "faces": int(len(mesh.faces))}  # fmt: skip
+    if kind is not None:
+        lo = np.minimum(mesh.bounds[0], -0.75) - 0.02
+        hi = np.maximum(mesh.bounds[1], 0.75) + 0.02
+        axes = [np.arange(lo[d], hi[d], 0.02) + 0.01 for d in range(3)]
+        points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        voxels = trimesh.voxel.creation.voxelize(mesh, pitch=0.02).fill()
+        ours = voxels.is_filled(points)
+        truth = true_solid(kind, torch.from_numpy(points)).numpy()
+        result["volume_iou"] = float((ours & truth).sum() / max((ours | truth).sum(), 1))
+    return result

@@ -6,7 +6,10 @@ facing +x (azimuth 0, the "front" of splat3d's cameras). Two kinds have a
 front that differs from their back and sides, so view consistency and the
 multi-face (Janus) problem can be measured:
 
-- house: a door and two windows on the front (+x) wall only, a roof on top;
+- house: wider than deep, a door and two windows on the front (+x) wall only,
+  a gable roof whose triangles close the two narrow sides: front, back and
+  side views each look different (a square house under a pyramid roof, up to
+  world version 2, looked the same from the back and the sides);
 - mug: its handle sticks out of its right side (+y), so seen from the front
   the handle is on the right, from the back on the left, and from the sides
   face-on or hidden.
@@ -31,7 +34,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "purple": (0.55, 0.18, 0.72),
     "orange": (0.98, 0.50, 0.06),
 }
-WORLD_VERSION = 2  # bump when geometry or colours change: cached datasets depend on it
+WORLD_VERSION = 3  # bump when geometry or colours change: cached datasets depend on it
 KINDS = ("sphere", "cube", "cone", "cylinder", "torus", "pyramid", "house", "mug")
 FRONTED = ("house", "mug")  # kinds whose front differs from their back
 DETAIL_RGB = (0.22, 0.14, 0.08)  # door, windows and roof edge: dark brown
@@ -122,6 +125,48 @@ def _pyramid_surface(n: int, half: float, z0: float, z1: float, g: torch.Generat
     return torch.where((face == 4)[:, None], base, tri)
 
 
+def _triangles(n: int, tris: Tensor, g: torch.Generator) -> Tensor:
+    """Area-uniform points on triangles [T, 3 corners, 3]."""
+    area = torch.linalg.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]).norm(dim=-1)
+    which = torch.multinomial(area, n, replacement=True, generator=g)
+    a, b = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    flip = a + b > 1
+    a, b = torch.where(flip, 1 - a, a), torch.where(flip, 1 - b, b)
+    t = tris[which]
+    return t[:, 0] + a[:, None] * (t[:, 1] - t[:, 0]) + b[:, None] * (t[:, 2] - t[:, 0])
+
+
+def _house_surface(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A house, wider than deep, under a gable roof whose ridge runs along its front (y).
+
+    Its four sides differ: the front (+x, a wide wall) has a door and two windows below a roof
+    slope; the back (-x) is the same wide wall, plain; each side (+-y) is a narrow wall under the
+    gable's triangle. So front, side and back views each have a look of their own.
+    """
+    hx, hy, z0, z1, ridge = 0.3, 0.45, -0.45, 0.1, 0.52  # walls x in +-hx, y in +-hy, z0..z1; ridge height
+    walls, face = _box_surface(int(n * 0.6), torch.tensor([hx, hy, (z1 - z0) / 2], dtype=torch.float64), g)
+    keep = face != 4  # no flat top under the roof
+    walls, face = walls[keep] + torch.tensor([0.0, 0.0, (z0 + z1) / 2], dtype=torch.float64), face[keep]
+    front = face == 0
+    y, z = walls[:, 1], walls[:, 2]
+    door = front & (y.abs() < 0.1) & (z < -0.07)
+    windows = front & ((y.abs() - 0.27).abs() < 0.08) & ((z + 0.04).abs() < 0.07)
+    ex, ey = hx + 0.06, hy + 0.05  # the roof overhangs the walls a little
+    f = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    slopes = torch.stack([
+        torch.stack([f(ex, -ey, z1), f(ex, ey, z1), f(0, ey, ridge)]),
+        torch.stack([f(ex, -ey, z1), f(0, ey, ridge), f(0, -ey, ridge)]),
+        torch.stack([f(-ex, -ey, z1), f(-ex, ey, z1), f(0, ey, ridge)]),
+        torch.stack([f(-ex, -ey, z1), f(0, ey, ridge), f(0, -ey, ridge)]),
+    ])  # fmt: skip
+    gables = torch.stack([torch.stack([f(hx, s * hy, z1), f(-hx, s * hy, z1), f(0, s * hy, ridge)]) for s in (1, -1)])
+    roof = _triangles(int(n * 0.3), slopes, g)
+    gable = _triangles(int(n * 0.1), gables, g)
+    pts = torch.cat([walls, roof, gable])
+    detail = torch.cat([door | windows, torch.zeros(len(roof) + len(gable), dtype=torch.bool)])
+    return pts, detail
+
+
 def _torus_surface(n: int, major: float, minor: float, g: torch.Generator) -> Tensor:
     u = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
     v = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
@@ -149,17 +194,7 @@ def object_points(kind: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     elif kind == "pyramid":
         pts = _pyramid_surface(n, 0.5, -0.45, 0.55, g)
     elif kind == "house":
-        walls, face = _box_surface(int(n * 0.7), torch.tensor([0.4, 0.4, 0.3], dtype=torch.float64), g)
-        keep = face != 4  # no flat top under the roof
-        walls, face = walls[keep] - torch.tensor([0.0, 0.0, 0.15], dtype=torch.float64), face[keep]
-        front = face == 0
-        y, z = walls[:, 1], walls[:, 2]
-        door = front & (y.abs() < 0.1) & (z < -0.05)
-        windows = front & ((y - 0.26).abs() < 0.08) & ((z - 0.02).abs() < 0.07)
-        windows |= front & ((y + 0.26).abs() < 0.08) & ((z - 0.02).abs() < 0.07)
-        roof = _pyramid_surface(int(n * 0.4), 0.46, 0.15, 0.58, g)
-        pts = torch.cat([walls, roof])
-        detail = torch.cat([door | windows, torch.zeros(len(roof), dtype=torch.bool)])
+        pts, detail = _house_surface(n, g)
     elif kind == "mug":
         body = _cylinder_surface(int(n * 0.8), 0.34, -0.42, 0.42, g, caps=(True, False))
         inner = _cylinder_surface(int(n * 0.15), 0.3, -0.34, 0.42, g, caps=(True, False))
