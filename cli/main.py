@@ -398,20 +398,84 @@ def config_show(preset: Optional[str] = typer.Argument(None, help="A preset name
 
 @app.command()
 def export(
-    source: Path = typer.Argument(..., help="A run folder, a checkpoint (.pt) or a .ply scene."),
+    source: Path = typer.Argument(..., help="A run folder, a checkpoint (.pt) or a scene (.ply, .glb, .spz)."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write."),
-    format: str = typer.Option("ply", "--format", help="ply (INRIA layout), splat (antimatter15) or ply_compressed."),
+    format: Optional[str] = typer.Option(
+        None,
+        "--format",
+        help="Splats: ply (INRIA layout), splat (antimatter15), ply_compressed (SuperSplat), glb (glTF "
+        "KHR_gaussian_splatting), spz (Niantic). Or mesh: a coloured triangle mesh (.glb, .obj or .ply). "
+        "Default: from --out's extension (.ply, .splat, .glb, .spz; .obj is a mesh).",
+    ),
     sh_degree: Optional[int] = typer.Option(None, "--sh-degree", help="Pad or truncate SH to this degree (0..3)."),
-    up: str = typer.Option("+z", "--up", help="Up axis the viewer expects: +z (splat3d), +y or -y."),
+    up: Optional[str] = typer.Option(
+        None, "--up", help="Up axis the viewer expects: +z (splat3d), +y or -y. Default: +y for .glb (glTF's), else +z."
+    ),
+    mesh_format: Optional[str] = typer.Option(
+        None, "--mesh-format", help="glb, obj or ply; default: --out's extension."
+    ),
+    resolution: int = typer.Option(
+        128,
+        "--resolution",
+        help="Mesh: grid cells along the longest side (32..512). Higher keeps finer detail; time grows with its "
+        "cube and the number of faces with its square (128: about 100k faces for an object).",
+    ),
+    threshold: float = typer.Option(
+        0.5,
+        "--threshold",
+        help="Mesh: rendered opacity that counts as surface (0..1). Lower takes in faint, hazy Gaussians (fuller, "
+        "more floaters); higher keeps the opaque core (thinner, holes where the scene is thin).",
+    ),
+    faces: int = typer.Option(0, "--faces", help="Mesh: decimate to about this many faces; 0 keeps them all."),
+    preview: Optional[Path] = typer.Option(
+        None, "--preview", help="Mesh: also write a PNG of the splats (top) over the mesh (bottom), 4 views."
+    ),
 ):
-    """Write a scene for other viewers (see the README for which viewer expects what)."""
+    """Write a scene for other viewers and tools (see the README for which viewer expects what)."""
+    from splat3d.errors import Splat3dError
+    from splat3d.scene.export import BY_EXTENSION, FORMATS
+
+    fmt = format or BY_EXTENSION.get(out.suffix.lower())
+    if fmt is None:
+        raise Splat3dError(f"Cannot tell the format from {out.name!r}; give --format ({', '.join(FORMATS)} or mesh).")
+    if fmt not in (*FORMATS, "mesh"):
+        raise Splat3dError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)} or mesh.")
+    up = up or ("+y" if out.suffix.lower() == ".glb" else "+z")
+    if fmt == "mesh":
+        from splat3d.render.mesh import MESH_FORMATS, MeshConfig, export_mesh
+
+        kind = (mesh_format or out.suffix.lstrip(".")).lower()
+        if f".{kind}" not in MESH_FORMATS or out.suffix.lower() != f".{kind}":
+            raise Splat3dError(
+                f"A mesh is written as {', '.join(MESH_FORMATS)}, named to match; {out.name!r} "
+                f"{'does not end in .' + kind if f'.{kind}' in MESH_FORMATS else 'has another extension'}."
+            )
+        config = MeshConfig(resolution=resolution, threshold=threshold, faces=faces)  # checked before any work
     from splat3d.run.folder import load_scene
     from splat3d.scene.export import export_scene
 
+    if preview is not None and (fmt != "mesh" or preview.suffix.lower() != ".png"):
+        raise Splat3dError("--preview writes a .png beside a mesh export (--format mesh).")
     scene = load_scene(source)
     ensure_writable_dir(out.parent)
-    n = export_scene(scene, out, format, sh_degree, up)
-    console.print(f"wrote {out} ({n:,} Gaussians, {format}, up {up})")
+    if preview is not None:
+        ensure_writable_dir(preview.parent)
+    if fmt == "mesh":
+        with console.status(f"meshing {len(scene):,} Gaussians at resolution {resolution}"):
+            mesh = export_mesh(scene, out, config, up)
+        if preview is not None:
+            from splat3d.io.media import save_png
+            from splat3d.render.mesh import comparison_picture
+
+            save_png(comparison_picture(scene, mesh), preview)
+            console.print(f"wrote {preview}")
+        watertight = "watertight" if mesh.is_watertight else "not watertight"
+        console.print(
+            f"wrote {out} ({len(mesh.faces):,} faces, {len(mesh.vertices):,} vertices, {watertight}, up {up})"
+        )
+        return
+    n = export_scene(scene, out, fmt, sh_degree, up)
+    console.print(f"wrote {out} ({n:,} Gaussians, {fmt}, up {up})")
 
 
 @app.command()

@@ -205,10 +205,19 @@ class RunFolder:
 
 
 def load_scene(source: Union[str, Path]) -> GaussianScene:
-    """A scene from a run folder (its scene.ply, else its newest checkpoint), a checkpoint (.pt) or a .ply."""
+    """A scene from a run folder (its scene.ply, else its newest checkpoint), a checkpoint (.pt), a .ply,
+    or the splats of a .glb (KHR_gaussian_splatting) or .spz."""
     source = Path(source)
     if source.is_dir():
         return RunFolder(source).load_scene()
     if source.suffix == ".pt":
         return GaussianScene(**load_checkpoint(source)["params"])
+    if source.suffix.lower() == ".glb":
+        from splat3d.scene.gltf import read_glb
+
+        return read_glb(source)
+    if source.suffix.lower() == ".spz":
+        from splat3d.scene.export import read_spz
+
+        return read_spz(source)
     return read_ply(source)

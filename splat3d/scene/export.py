@@ -3,6 +3,11 @@
 - ``ply``: the INRIA layout (splat3d.scene.ply), with optional SH padding to degree 3.
 - ``splat`` (antimatter15/splat and many web viewers) and ``ply_compressed``
   (SuperSplat's compressed PLY): written by gsplat's ``export_splats``.
+- ``glb``: glTF 2.0 with the Khronos KHR_gaussian_splatting extension
+  (splat3d.scene.gltf, through pygltflib); +y up unless told otherwise.
+- ``spz``: Niantic's compressed format, written by gsply (``pip install
+  'splat3d[spz]'``).
+- a mesh (``splat3d.render.mesh``): .glb, .obj or .ply, with vertex colours.
 
 splat3d scenes are +z up. Many viewers are not: three.js-based viewers and
 SuperSplat treat +y as up, and viewers made for COLMAP/INRIA captures
@@ -18,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,7 +31,9 @@ from splat3d.errors import Splat3dError
 from splat3d.scene.gaussians import GaussianScene, num_sh_bases
 from splat3d.scene.ply import write_ply
 
-FORMATS = ("ply", "splat", "ply_compressed")
+FORMATS = ("ply", "splat", "ply_compressed", "glb", "spz")
+# What `export` writes when --format is not given, by the output's extension.
+BY_EXTENSION = {".ply": "ply", ".splat": "splat", ".glb": "glb", ".spz": "spz", ".obj": "mesh"}
 UP_AXES = {
     "+z": torch.eye(3),
     # +z -> +y: (x, y, z) -> (x, z, -y)
@@ -104,14 +112,57 @@ def export_scene(
         raise Splat3dError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if sh_degree is not None and not 0 <= sh_degree <= 3:
         raise Splat3dError(f"--sh-degree {sh_degree} is out of range; choose 0..3.")
+    if len(scene) == 0:
+        raise Splat3dError("The scene has no Gaussians; there is nothing to export.")
     scene = reorient(scene, up)
     if fmt == "ply":
         return write_ply(scene, path, sh_degree=sh_degree)
     if sh_degree is not None:
         scene = scene.with_sh_degree(sh_degree)
+    if fmt == "glb":
+        from splat3d.scene.gltf import write_glb
+
+        return write_glb(scene, path)
+    if fmt == "spz":
+        return write_spz(scene, path)
     raw = {k: v.float().cpu() for k, v in scene.raw().items()}
     data = export_splats(
         raw["means"], raw["scales"], raw["quats"], raw["opacities"], raw["sh0"], raw["shN"], format=fmt
     )
     atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
     return len(scene)
+
+
+def _gsply():
+    try:
+        import gsply
+    except ImportError:
+        raise Splat3dError(
+            "Writing .spz needs the gsply package; install it with: pip install 'splat3d[spz]'"
+        ) from None
+    return gsply
+
+
+def write_spz(scene: GaussianScene, path: Union[str, Path]) -> int:
+    """Niantic's SPZ (version 3, gzip), through gsply: 24-bit positions, 8-bit everything else."""
+    from splat3d.io.fileio import atomic_write
+
+    gsply = _gsply()
+    raw = {k: v.detach().float().cpu().numpy() for k, v in scene.raw().items()}
+    data = gsply.GSData(  # PLY conventions: log scales, logit opacities, wxyz quaternions
+        means=raw["means"], scales=raw["scales"], quats=raw["quats"], opacities=raw["opacities"],
+        sh0=raw["sh0"][:, 0], shN=raw["shN"],
+    )  # fmt: skip
+    atomic_write(Path(path), lambda tmp: gsply.write_spz(tmp, data))
+    return len(scene)
+
+
+def read_spz(path: Union[str, Path]) -> GaussianScene:
+    gsply = _gsply()
+    try:
+        data = gsply.read_spz(str(path))
+    except Exception as e:
+        raise Splat3dError(f"{path} is not a readable .spz file ({type(e).__name__}).") from None
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    shN = data.shN if data.shN is not None else np.zeros((len(data.means), 0, 3), np.float32)
+    return GaussianScene(t(data.means), t(data.scales), t(data.quats), t(data.opacities), t(data.sh0[:, None]), t(shN))

@@ -45,7 +45,7 @@ class NonFiniteRowsWarning(UserWarning):
 def _finite_rows(arrays: list[np.ndarray]) -> np.ndarray:
     ok = np.ones(len(arrays[0]), dtype=bool)
     for a in arrays:
-        ok &= np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        ok &= np.isfinite(a.reshape(len(a), int(np.prod(a.shape[1:])))).all(axis=1)  # -1 fails on 0 rows
     return ok
 
 

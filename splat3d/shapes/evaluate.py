@@ -328,7 +328,7 @@ def evaluate_mesh(mesh, scene: GaussianScene, kind: Optional[str] = None, views:
     import numpy as np
     import trimesh
 
-    from splat3d.scene.mesh import render_mesh
+    from splat3d.render.mesh import render_mesh
 
     azimuth = torch.arange(views) * (360.0 / views)
     cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)

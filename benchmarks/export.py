@@ -1,0 +1,78 @@
+"""Mesh export: time, and how closely the mesh stands for its splats and for the true object.
+
+For each scene: the time of `extract_mesh` at the default settings (one process, this machine's
+threads), the mesh's silhouette IoU against the splat renders over 8 views, its volume IoU against
+the true object (voxelised), whether it is watertight, and its face count. Scenes: the shapes world's
+true objects (a cube of 5,000 Gaussians for the time target), plus any run folders given.
+
+    python benchmarks/export.py [--runs RUN_DIR ...] [--out benchmarks/results/export.json]
+
+Writes the JSON and a table in docs/benchmarks.md (section "export").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, write_doc_section  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "export.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="run folders of shapes-world prompts")
+    parser.add_argument("--kinds", default="cube,sphere,torus,house")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from splat3d.render.mesh import MeshConfig, extract_mesh
+    from splat3d.run.config import build_config
+    from splat3d.run.folder import RunFolder
+    from splat3d.shapes.evaluate import evaluate_mesh
+    from splat3d.shapes.world import make_object, parse_prompt
+
+    scenes = [(f"true {k}" + (" (5,000 Gaussians)" if k == "cube" else ""), k,
+               make_object("red", k, n=5000 if k == "cube" else 2500)) for k in args.kinds.split(",")]  # fmt: skip
+    for run in args.runs:
+        folder = RunFolder(run)
+        spec = parse_prompt(build_config(str(folder.config_path)).prompt.prompt)
+        scenes.append((f"run {run.name}", spec.kind if spec else None, folder.load_scene()))
+    config = MeshConfig()
+    rows = []
+    for name, kind, scene in scenes:
+        t0 = time.perf_counter()
+        mesh = extract_mesh(scene, config)
+        seconds = time.perf_counter() - t0
+        row = {"scene": name, "gaussians": len(scene), "seconds": round(seconds, 2), **evaluate_mesh(mesh, scene, kind)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"machine": machine(), "threads": torch.get_num_threads(), "config": vars(config), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    table = "| scene | Gaussians | seconds | silhouette IoU | volume IoU | watertight | faces |\n"
+    table += "|---|---|---|---|---|---|---|\n"
+    for r in rows:
+        volume = f"{r['volume_iou']:.3f}" if "volume_iou" in r else ""
+        table += (f"| {r['scene']} | {r['gaussians']:,} | {r['seconds']:.1f} | {r['silhouette_iou']:.3f} | {volume} | "
+                  f"{'yes' if r['watertight'] else 'no'} | {r['faces']:,} |\n")  # fmt: skip
+    if args.out == RESULTS:
+        write_doc_section(
+            "export",
+            "## Mesh export\n\n"
+            f"`python benchmarks/export.py` on {machine()} ({result['threads']} threads), default settings "
+            f"(resolution {config.resolution}, {config.views} carving views of {config.view_size} px, {config.votes} "
+            "votes). Silhouette IoU: mesh against splat render (alpha > 0.5), 8 views at 128 px; volume IoU: "
+            "against the true object, voxelised at 0.02.\n\n" + table,
+        )
+
+
+if __name__ == "__main__":
+    main()
