@@ -82,11 +82,10 @@ class MeshConfig:
 
 
 def _covariance_inverses(scene: GaussianScene) -> Tensor:
-    """[N, 3, 3] inverse covariances R diag(1/s^2) R^T."""
-    from gsplat.cuda._torch_impl import _quat_to_rotmat
+    """[N, 3, 3] inverse covariances (gsplat's precision matrices)."""
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 
-    R = _quat_to_rotmat(scene.quats)
-    return R @ torch.diag_embed(1.0 / scene.scales.clamp_min(1e-8) ** 2) @ R.transpose(-1, -2)
+    return _quat_scale_to_covar_preci(scene.quats, scene.scales, compute_covar=False, compute_preci=True)[1]
 
 
 def carving_views(n: int, radius: float, size: int, fovy: float = 40.0) -> Cameras:
