@@ -41,7 +41,8 @@ from splat3d.io.media import save_png  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "distill"
 PROMPTS = ROOT / "benchmarks" / "prompts.txt"
 METHODS = ("sds", "vsd", "lvsd", "l2vsd")
-METRICS = ("prompt_accuracy", "iou", "colour_error", "view_consistency")
+METRICS = ("prompt_accuracy", "iou", "colour_error", "speckle", "view_consistency", "fid", "kid")
+LOWER_IS_BETTER = ("colour_error", "speckle", "fid", "kid")
 # The sweep (--sweep): L2-VSD's eta and linear-term variants on a subset (seed 0, 1x budget).
 # vsd is eta 0; eta 1 with the exact term is the default (configs/l2vsd.yaml) since this sweep, so "-eta1" is
 # the same run as the main benchmark's l2vsd. Its first runs were at eta 0.1, the default before: "-eta0.1".
@@ -96,7 +97,8 @@ def run_one(
             wall = time.perf_counter() - t0
         rows = [json.loads(x) for x in trainer.folder.metrics_path.read_text().splitlines()]
         folder = builtin_priors().get(model) or Path(model)
-        evaluation = evaluate_scene(trainer.scene, spec.colour, spec.kind, load_classifier(folder))
+        reference = prior_reference_cached(trainer.prior, model, prompt, results)
+        evaluation = evaluate_scene(trainer.scene, spec.colour, spec.kind, load_classifier(folder), reference)
         frames = trainer.render_views(4, 64)
     name = run_id(method, budget, prompt, seed, tag)
     save_png(grid(frames, columns=4), results / "frames" / f"{name}.png")
@@ -104,12 +106,33 @@ def run_one(
         "run": name, "method": method + tag, "budget": budget, "prompt": prompt, "seed": seed,
         "steps": cfg.steps, "overrides": overrides,
         "lookahead_scale": cfg.guidance.lookahead_scale, "linear_term": cfg.guidance.linear_term,
-        "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
-        "colour_error": evaluation.colour_error, "view_consistency": evaluation.view_consistency,
+        **{m: getattr(evaluation, m) for m in METRICS},
         "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
         "total_seconds": wall, "peak_memory_mb": rows[-1]["peak_memory_mb"], "gaussians": rows[-1]["n_gaussians"],
         "threads": torch.get_num_threads(), "jobs": jobs,
     }  # fmt: skip
+
+
+def prior_reference_cached(prior, model: str, prompt: str, results: Path):
+    """The prior's own samples of the prompt for FID/KID (evaluate.prior_reference), drawn once per prior and
+    prompt and kept under results/references/ (the prior's weights' hash in the name)."""
+    import hashlib
+
+    import torch
+
+    from splat3d.distill.priors import builtin_priors
+    from splat3d.shapes.evaluate import prior_reference
+
+    folder = builtin_priors().get(model) or Path(model)
+    weights = sorted(folder.glob("*/*.safetensors"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()[:12]
+    path = results / "references" / f"{digest}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')}.pt"
+    if path.exists():
+        return torch.load(path)
+    images = prior_reference(prior, prompt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(images, path)
+    return images
 
 
 def mean_std(values: list[float]) -> str:
@@ -141,7 +164,7 @@ def report(results_dir: Path) -> None:
     lines.append("|---|---|---|" + "---|" * (len(METRICS) + 5))
     for (method, budget), rs in sorted(groups.items(), key=lambda x: (METHODS.index(x[0][0]), x[0][1])):
         timed = [r for r in rs if alone(r)]
-        cells = [mean_std([r[m] for r in rs]) for m in METRICS]
+        cells = [mean_std([r.get(m) for r in rs]) for m in METRICS]
         cells += [mean_std([r[m] for r in timed]) for m in ("seconds_per_step", "total_seconds")] + [str(len(timed))]
         cells += [mean_std([r[m] for r in rs]) for m in costs]
         lines.append(f"| {method} | {budget}x | {len(rs)} | " + " | ".join(cells) + " |")
@@ -151,7 +174,7 @@ def report(results_dir: Path) -> None:
     for ax, metric in zip(axes, METRICS):
         for method in sorted({m for m, _ in groups}):
             pts = sorted((statistics.mean(r["total_seconds"] for r in rs if alone(r)),
-                          statistics.mean([r[metric] for r in rs if r[metric] is not None] or [float("nan")]))
+                          statistics.mean([r[metric] for r in rs if r.get(metric) is not None] or [float("nan")]))
                          for (m, _), rs in groups.items() if m == method and any(map(alone, rs)))  # fmt: skip
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xlabel("wall-clock seconds per run")
@@ -177,7 +200,8 @@ def report(results_dir: Path) -> None:
         'themselves ("timed runs"); the rest ran two at a time with one thread each (`--jobs 2`).\n\n'
         + "\n".join(lines)
         + "\n\nPaired with VSD (the same prompt, seed and budget; mean difference ± standard error over the pairs; "
-        + "positive: better than VSD for accuracy and IoU, worse for colour error):\n\n"
+        + "positive: better than VSD for accuracy, IoU and view consistency, worse for colour error, speckle, "
+        + "FID and KID):\n\n"
         + paired
         + "\nWhat 3x the steps buys: each method's 3x run minus its 1x run of the same prompt and seed "
         + "(mean ± standard error over the pairs):\n\n"
@@ -203,19 +227,23 @@ def alone(result: dict) -> bool:
 
 
 def differences(pairs: list[tuple[dict, dict]]) -> list[str]:
-    """Mean ± standard error of a - b over the pairs, for accuracy, IoU and colour error."""
+    """Mean ± standard error of a - b over the pairs where both have the metric, for every metric."""
     cells = []
-    for m in METRICS[:3]:
-        d = [a[m] - b[m] for a, b in pairs]
+    for m in METRICS:
+        d = [a[m] - b[m] for a, b in pairs if a.get(m) is not None and b.get(m) is not None]
+        if not d:
+            cells.append("—")
+            continue
         se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
-        cells.append(f"{statistics.mean(d):+.3f} ± {se:.3f}")
+        digits = 1 if m in ("fid", "kid") else 3
+        cells.append(f"{statistics.mean(d):+.{digits}f} ± {se:.{digits}f}")
     return cells
 
 
 def budget_table(results: list[dict], low: int = 1, high: int = 3) -> str:
     """Each method's high-budget run minus its low-budget run of the same prompt and seed."""
     runs = {(r["method"], r["prompt"], r["seed"], r["budget"]): r for r in results}
-    lines = ["| method | pairs | " + " | ".join(f"Δ {m}" for m in METRICS[:3]) + " |", "|---|---|" + "---|" * 3]
+    lines = ["| method | pairs | " + " | ".join(f"Δ {m}" for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for method in METHODS:
         pairs = [(r, runs[key]) for (m, p, s, b), r in runs.items()
                  if m == method and b == high and (key := (m, p, s, low)) in runs]  # fmt: skip
@@ -229,8 +257,8 @@ def budget_table(results: list[dict], low: int = 1, high: int = 3) -> str:
 def paired_table(results: list[dict], reference: str = "vsd") -> str:
     """Each method minus the reference on the same (prompt, seed, budget): the spread over prompts cancels."""
     ref = {(r["prompt"], r["seed"], r["budget"]): r for r in results if r["method"] == reference}
-    lines = ["| method | budget | pairs | " + " | ".join(f"Δ {m}" for m in METRICS[:3]) + " |",
-             "|---|---|---|" + "---|" * 3]  # fmt: skip
+    lines = ["| method | budget | pairs | " + " | ".join(f"Δ {m}" for m in METRICS) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]  # fmt: skip
     for method in (m for m in METHODS if m != reference):
         for budget in sorted({r["budget"] for r in results}):
             pairs = [(r, ref[key]) for r in results if r["method"] == method and r["budget"] == budget
@@ -253,7 +281,7 @@ def sweep_table(results: list[dict]) -> str:
     for v in variants:
         rs = [r for r in rows if r["method"] == v]
         if rs:
-            cells = [mean_std([r[m] for r in rs]) for m in (*METRICS, "seconds_per_step")]
+            cells = [mean_std([r.get(m) for r in rs]) for m in (*METRICS, "seconds_per_step")]
             lines.append(f"| {label.get(v, v)} | {len(rs)} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     return "\n".join(lines) + "\n"

@@ -518,12 +518,19 @@ def view(
 
 
 @app.command("eval")
-def eval_run(run: Path = typer.Argument(..., help="A run folder made with the shapes prior.")):
-    """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, view consistency."""
+def eval_run(
+    run: Path = typer.Argument(..., help="A run folder made with the shapes prior."),
+    distribution: bool = typer.Option(
+        True, "--fid/--no-fid", help="Also FID and KID against 32 of the prior's own samples (sampled here)."
+    ),
+):
+    """Score a run against the shapes world's truth: prompt accuracy, IoU, colour error, speckle, view
+    consistency, and FID/KID against the prior's own images of the prompt."""
     from splat3d.run.folder import RunFolder
     from splat3d.shapes.evaluate import evaluate_run
 
-    result = evaluate_run(run)
+    with console.status("evaluating (FID/KID: sampling the prior)" if distribution else "evaluating"):
+        result = evaluate_run(run, distribution=distribution)
     table = Table(title=f"{run}: {result.colour} {result.kind}", title_justify="left")
     for column in ("azimuth", "colour", "kind", "view seen", "camera view", "IoU"):
         table.add_column(column)
@@ -535,6 +542,7 @@ def eval_run(run: Path = typer.Argument(..., help="A run folder made with the sh
         f"prompt accuracy {result.prompt_accuracy:.3f} ({round(result.prompt_accuracy * views)}/{views} views), "
         f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}, speckle {result.speckle:.3f}"
         + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else "")
+        + (f", FID {result.fid:.3g}, KID {result.kid:.3g}" if result.fid is not None else "")
     )
     console.print(f"wrote {RunFolder(run).eval_path}")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splat3d.distill.guidance import REGISTRY, GuidanceConfig, make_guidance
-from splat3d.distill.guidance.base import pretrained_eps, target_loss, timestep_bounds
+from splat3d.distill.guidance.base import perpendicular, pretrained_eps, target_loss, timestep_bounds
 from splat3d.distill.guidance.l2vsd import last_layer
 from splat3d.distill.guidance.lora import LORA_ADAPTER
 from splat3d.distill.priors import load_prior
@@ -325,3 +325,69 @@ def test_sds_gradient_value(tiny_priors):
     expected = 2.0 * w * (eps_pretrained - noise) / images.shape[0]
     torch.testing.assert_close(images.grad, expected, rtol=1e-5, atol=1e-7)
     assert images.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------ Janus options
+def test_perpendicular_component():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, 5, generator=g)
+    y = y.double()
+    p = perpendicular(x, y)
+    assert (p * y).sum((1, 2, 3)).abs().max() < 1e-12
+    torch.testing.assert_close(perpendicular(2.0 * y, y), torch.zeros_like(y), rtol=0, atol=1e-12)
+
+
+def test_perp_neg_changes_only_side_and_back_views(tiny_priors):
+    """Perp-Neg reaches the UNet: eps_pretrained moves on side and back views, not on the front one."""
+    eps = {}
+    for weight in (0.0, 2.0):
+        prior, guidance = setup(tiny_priors[("latent", "epsilon")], "sds", perp_neg_side=weight, perp_neg_back=weight)
+        size = prior.image_size
+        images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        cams = orbit_cameras(torch.full((3,), 15.0), torch.tensor([10.0, 90.0, 180.0]), 3.0, 40.0, size, size)
+        assert guidance.prompt.views(*cams.angles()) == ["front", "side", "back"]
+        eps[weight] = guidance.prepare(images, cams, 0).eps_pretrained
+    change = [((eps[2.0][i] - eps[0.0][i]).norm() / eps[0.0][i].norm()).item() for i in range(3)]
+    # The front row only sees float noise (the UNet's batch grows by the negatives).
+    assert change[0] < 1e-4 and change[1] > 1e-2 and change[2] > 1e-2, change
+
+
+def test_perp_neg_against_the_prompt_itself_is_plain_cfg(tiny_priors):
+    """A negative along the positive direction has no perpendicular part: nothing changes."""
+    prior, guidance = setup(tiny_priors[("pixel", "epsilon")], "sds")
+    images, cams = batch(prior)
+    inputs = guidance.prepare(images.detach(), cams, 0)
+    cond, uncond = guidance.prompt.conditional(*cams.angles()), guidance.prompt.unconditional(2)
+    plain = pretrained_eps(prior, inputs.x_t, inputs.draw.t, cond, uncond, 7.5)
+    same = pretrained_eps(prior, inputs.x_t, inputs.draw.t, cond, uncond, 7.5, cond, torch.tensor([3.0, 3.0]))
+    torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_perp_neg_needs_view_dependent_prompts():
+    from splat3d.run.config import RunConfig
+
+    with pytest.raises(Splat3dError, match="view-dependent"):
+        RunConfig(prompt=PromptConfig(view_dependent=False), guidance=GuidanceConfig(perp_neg_back=1.0))
+    with pytest.raises(Splat3dError, match="0 \\(off\\) or more"):
+        GuidanceConfig(perp_neg_side=-1.0)
+
+
+@pytest.mark.parametrize("method", ["vsd", "l2vsd"])
+def test_camera_guidance_mixes_in_the_camera_free_score(tiny_priors, method):
+    """ESD's CFG on the LoRA's camera: eps_phi = eps(no camera) + s (eps(camera) - eps(no camera))."""
+    prior, guidance = setup(tiny_priors[("latent", "v_prediction")], method, camera_guidance_scale=0.5)
+    score = guidance.score
+    assert score.camera_scale == 0.5
+    randomize_lora(guidance)  # the camera embedding starts at zero, where the camera changes nothing
+    images, cams = batch(prior)
+    inputs = guidance.prepare(images.detach(), cams, 0)
+    args = (inputs.x_t, inputs.draw.t, inputs.text)
+    mixed = score.eps(*args, inputs.camera)
+    score.camera_scale = 1.0
+    with_camera, without = score.eps(*args, inputs.camera), score.eps(*args, torch.zeros_like(inputs.camera))
+    assert (with_camera - without).norm() > 1e-4 * without.norm()
+    torch.testing.assert_close(mixed, 0.5 * (with_camera + without), rtol=1e-4, atol=1e-6)
+    score.camera_scale = 0.5
+    images.grad = None
+    guidance(images, cams, 1).loss.backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

@@ -141,13 +141,52 @@ def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
     write_ply(make_object("red", "house", seed=3), run / "scene.ply")
     cfg = build_config(None, prompt__prompt="a red house", model=str(classifier_folder))
     (run / "config.yaml").write_text(to_yaml(cfg))
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli(capsys, "eval", run, "--no-fid")
     assert code == 0, err
     assert "prompt accuracy" in out and (run / "eval.json").exists()
     cfg.prompt.prompt = "a fluffy corgi"
     (run / "config.yaml").write_text(to_yaml(cfg))
     code, _, err = run_cli(capsys, "eval", run)
     assert code == 2 and "no truth" in " ".join(err.split())
+
+
+def test_fid_and_kid_tell_distributions_apart(classifier_folder):
+    """About 0 for a set against itself, small against another sampling of the same object, clearly
+    larger against another object."""
+    from splat3d.shapes.evaluate import distribution_distance, load_classifier, ring_cameras
+
+    classifier = load_classifier(classifier_folder)
+    cams = ring_cameras(32, 64)
+    house = render(make_object("red", "house", seed=3), cams, 1.0, backend="torch").images
+    again = render(make_object("red", "house", seed=4), cams, 1.0, backend="torch").images
+    cube = render(make_object("blue", "cube", seed=3), cams, 1.0, backend="torch").images
+    itself = distribution_distance(house, house, classifier)
+    same = distribution_distance(again, house, classifier)
+    other = distribution_distance(cube, house, classifier)
+    for metric in ("fid", "kid"):
+        assert abs(itself[metric]) < 0.02 * other[metric], (metric, itself, other)
+        assert same[metric] < 0.2 * other[metric], (metric, same, other)
+
+
+def test_eval_reports_fid_and_kid_against_the_prior(classifier_folder, tiny_priors, tmp_path, capsys):
+    """splat3d eval samples the run's prior and writes FID and KID into eval.json."""
+    import json
+    import shutil
+
+    from splat3d.run.config import build_config, to_yaml
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_priors[("latent", "epsilon")], model)
+    for name in ("classifier.safetensors", "classifier.json"):
+        shutil.copy(classifier_folder / name, model / name)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_ply(make_object("red", "house", seed=3), run / "scene.ply")
+    (run / "config.yaml").write_text(to_yaml(build_config(None, prompt__prompt="a red house", model=str(model))))
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["fid"] > 0 and abs(result["kid"]) < float("inf") and "KID" in out
 
 
 class _Stop(Exception):

@@ -81,14 +81,22 @@ class PromptProcessor:
             texts += [view_prompt(config.prompt, v) for v in VIEWS]
         prior.encode_text(texts)  # fill the cache once
 
+    def views(self, elevation: Tensor, azimuth: Tensor) -> list[str]:
+        """The view word of each camera, per this prompt's thresholds."""
+        return view_names(elevation, azimuth, self.config)
+
     def texts(self, elevation: Tensor, azimuth: Tensor) -> list[str]:
         if not self.config.view_dependent:
             return [self.config.prompt] * len(elevation)
-        return [view_prompt(self.config.prompt, v) for v in view_names(elevation, azimuth, self.config)]
+        return [view_prompt(self.config.prompt, v) for v in self.views(elevation, azimuth)]
 
     def conditional(self, elevation: Tensor, azimuth: Tensor) -> Tensor:
         """View-dependent text embeddings [B, L, D]."""
         return self.prior.encode_text(self.texts(elevation, azimuth))
+
+    def view(self, view: str, batch: int) -> Tensor:
+        """One view's phrasing of the prompt, [B, L, D] (Perp-Neg's negative)."""
+        return self.prior.encode_text([view_prompt(self.config.prompt, view)] * batch)
 
     def plain(self, batch: int) -> Tensor:
         """The prompt without a view suffix, [B, L, D] (the LoRA branch's text)."""

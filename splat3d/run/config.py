@@ -79,6 +79,9 @@ class RunConfig:
             raise Splat3dError(f"Unknown device {self.device!r}; choose auto, cpu or cuda.")
         if self.backend not in ("auto", "gsplat", "torch"):
             raise Splat3dError(f"Unknown backend {self.backend!r}; choose auto, gsplat or torch.")
+        if (self.guidance.perp_neg_side or self.guidance.perp_neg_back) and not self.prompt.view_dependent:
+            raise Splat3dError("Perp-Neg (guidance.perp_neg_side/back) needs view-dependent prompts; "
+                               "set prompt.view_dependent=true or the weights to 0.")  # fmt: skip
 
 
 # ------------------------------------------------------------------ presets

@@ -12,12 +12,19 @@ renders a result at 128 px from a fixed ring of twelve views and reports:
 - view consistency (objects with a front): the fraction of views where "the
   front is seen" agrees with "the camera is in front" (azimuth within the
   prompt processor's front threshold). A Janus object, with a front on
-  several sides, scores low.
+  several sides, scores low;
+- FID and KID (the L2-VSD paper's measure of a distribution match), given the
+  prior's own 2D samples of the prompt: renders from a 32-view ring against
+  as many samples, the prompt phrased with each ring view's word, compared in
+  the classifier's feature space (the input of its heads, as FID uses the
+  input of Inception's logits). KID, unbiased, is the one to trust at 32
+  samples; FID is biased upward at small counts.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -45,6 +52,7 @@ EVAL_SIZE = 128  # pixels of the evaluation renders (IoU, colour error, speckle)
 # 128 px) of either silhouette's edge are left out, so a rim a pixel off is not counted as speckle.
 SPECKLE_THRESHOLD = 0.25
 SPECKLE_EDGE = 2
+DISTRIBUTION_VIEWS = 32  # ring views (and prior samples) for FID and KID
 
 
 class ShapesClassifier(torch.nn.Module):
@@ -74,6 +82,69 @@ class ShapesClassifier(torch.nn.Module):
             images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
         h = self.features(images * 2 - 1)
         return {"colour": self.colour(h), "kind": self.kind(h), "view": self.view(h)}
+
+
+class ClassifierFeatures(torch.nn.Module):
+    """The feature space of FID and KID: what the classifier's heads see (its last convolution pooled to
+    4x4 and flattened), as FID uses what Inception's logits see. Measured on the 32-px prior's samples of
+    "a red house": with the spatial layout kept, the true red house is nearer than a true red cube, a red
+    mug or a blue house; averaged over the image, the cube was nearer than the house (colour dominated)."""
+
+    def __init__(self, classifier: ShapesClassifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.colour.in_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        size = (self.classifier.input_size, self.classifier.input_size)
+        if images.shape[-2:] != size:
+            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
+        return self.classifier.features(images * 2 - 1)
+
+
+@torch.no_grad()
+def distribution_distance(ours: Tensor, reference: Tensor, classifier: ShapesClassifier) -> dict:
+    """FID and KID (torchmetrics) between two sets of images [N, 3, H, W] in [0, 1], in the classifier's
+    feature space. KID uses every image at once (one subset of the smaller count): no random subsets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    features = ClassifierFeatures(classifier.eval())
+    n = min(len(ours), len(reference))
+    fid = FrechetInceptionDistance(feature=features)
+    with warnings.catch_warnings():  # "will save all extracted features": 32 of them here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=features, subsets=1, subset_size=n)
+    for metric in (fid, kid):
+        metric.update(reference.float().clamp(0, 1), real=True)
+        metric.update(ours.float().clamp(0, 1), real=False)
+    return {"fid": float(fid.compute()), "kid": float(kid.compute()[0])}
+
+
+def ring_cameras(views: int = RING_VIEWS, size: int = EVAL_SIZE):
+    """The evaluator's ring: ``views`` cameras evenly round the object from the front, at RING_ELEVATION."""
+    azimuth = torch.arange(views) * (360.0 / views)
+    return orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, size, size)
+
+
+@torch.no_grad()
+def prior_reference(prior, prompt: str, views: int = DISTRIBUTION_VIEWS, seed: int = 0, steps: int = 50) -> Tensor:
+    """The prior's own images of ``prompt``, one per view of ``ring_cameras(views)``, phrased with that
+    view's word (", front view", ...) so the two sets show the object from the same mix of sides. DDIM with
+    the prior's own sampling settings, as `splat3d prior sample` draws them."""
+    from splat3d.distill.prompts import view_prompt
+    from splat3d.distill.sample import sample_images
+
+    cams = ring_cameras(views)
+    prompts = [view_prompt(prompt, v) for v in view_names(cams.elevation, cams.azimuth, PromptConfig())]
+    return sample_images(prior, prompts, steps, prior.sample_guidance_scale, seed).float().cpu().clamp(0, 1)
+
+
+@torch.no_grad()
+def distribution_metrics(scene: GaussianScene, reference: Tensor, classifier: ShapesClassifier) -> dict:
+    """FID and KID of a scene's ring renders against the prior's samples (``prior_reference``)."""
+    ours = render(scene.to("cpu"), ring_cameras(len(reference)), 1.0, backend="torch").images
+    return distribution_distance(ours.clamp(0, 1), reference, classifier)
 
 
 def dataset_labels(data: dict) -> dict[str, Tensor]:
@@ -176,12 +247,17 @@ class Evaluation:
     speckle: float
     view_consistency: Optional[float]
     per_view: list
+    fid: Optional[float] = None
+    kid: Optional[float] = None
 
 
 @torch.no_grad()
-def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: ShapesClassifier) -> Evaluation:
-    azimuth = torch.arange(RING_VIEWS) * (360.0 / RING_VIEWS)
-    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
+def evaluate_scene(
+    scene: GaussianScene, colour: str, kind: str, classifier: ShapesClassifier, reference: Optional[Tensor] = None
+) -> Evaluation:
+    """The metrics of the module's docstring; FID and KID only with the prior's samples as ``reference``."""
+    cams = ring_cameras()
+    azimuth = cams.azimuth
     scene = scene.to("cpu")
     ours = render(scene, cams, 1.0, backend="torch")
     truth = render(make_object(colour, kind), cams, 1.0, backend="torch")
@@ -215,6 +291,7 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
         iou=float((inter / union).mean()), colour_error=float(colour_error), speckle=float(speckle),
         view_consistency=consistency,
         per_view=per_view,
+        **(distribution_metrics(scene, reference, classifier) if reference is not None else {}),
     )  # fmt: skip
 
 
@@ -222,8 +299,7 @@ def evaluate_scene(scene: GaussianScene, colour: str, kind: str, classifier: Sha
 def ring_accuracy(classifier: ShapesClassifier, seed: int = 1) -> dict:
     """The classifier on the evaluator's own ring of views of every true object (sampled with another
     seed than the training renders): colour and kind over all objects, view over those with a front."""
-    azimuth = torch.arange(RING_VIEWS) * (360.0 / RING_VIEWS)
-    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
+    cams = ring_cameras()
     true_view = torch.tensor([VIEWS.index(v) for v in view_names(cams.elevation, cams.azimuth, PromptConfig())])
     right = {"colour": [], "kind": [], "view_fronted": []}
     for c, colour in enumerate(COLOURS):
@@ -237,8 +313,9 @@ def ring_accuracy(classifier: ShapesClassifier, seed: int = 1) -> dict:
     return {name: torch.cat(r).float().mean().item() for name, r in right.items()}
 
 
-def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
-    """Evaluate a run folder against the shapes world's truth.
+def evaluate_run(run: Path, strict: bool = True, distribution: bool = True) -> Optional[Evaluation]:
+    """Evaluate a run folder against the shapes world's truth (and, with ``distribution``, FID and KID
+    against the run's prior, sampled here).
 
     Without a truth (the prompt names no colour and kind of the world) or an
     evaluator (the model ships no classifier), raise one clear sentence, or
@@ -270,7 +347,12 @@ def evaluate_run(run: Path, strict: bool = True) -> Optional[Evaluation]:
             f"The model {cfg.model!r} ships no evaluator; splat3d eval scores runs of the shapes prior "
             "(--model shapes)."
         )
-    result = evaluate_scene(run.load_scene(), spec.colour, spec.kind, load_classifier(folder))
+    reference = None
+    if distribution:
+        from splat3d.distill.priors import load_prior
+
+        reference = prior_reference(load_prior(cfg.model, device="cpu"), cfg.prompt.prompt)
+    result = evaluate_scene(run.load_scene(), spec.colour, spec.kind, load_classifier(folder), reference)
     write_evaluation(result, run.eval_path)
     return result
 
@@ -283,7 +365,7 @@ def run_metrics(run: Path) -> Optional[dict]:
     return {
         "prompt_accuracy": evaluation.prompt_accuracy, "iou": evaluation.iou,
         "colour_error": evaluation.colour_error, "speckle": evaluation.speckle,
-        "view_consistency": evaluation.view_consistency,
+        "view_consistency": evaluation.view_consistency, "fid": evaluation.fid, "kid": evaluation.kid,
     }  # fmt: skip
 
 
@@ -330,8 +412,7 @@ def evaluate_mesh(mesh, scene: GaussianScene, kind: Optional[str] = None, views:
 
     from splat3d.render.mesh import render_mesh
 
-    azimuth = torch.arange(views) * (360.0 / views)
-    cams = orbit_cameras(RING_ELEVATION, azimuth, RING_RADIUS, RING_FOVY, EVAL_SIZE, EVAL_SIZE)
+    cams = ring_cameras(views)
     with torch.no_grad():
         splat = render(scene.to("cpu"), cams, 1.0, backend="torch").alphas[:, 0].numpy() > 0.5
     _, masks = render_mesh(mesh, cams)

@@ -54,6 +54,14 @@ class GuidanceConfig:
     """L2-VSD's linear term: exact (forward-mode jvp), last_layer, finite_difference."""
     finite_difference_step: float = 0.1
     """h in (eps(phi + h dphi) - eps(phi)) / h for linear_term=finite_difference."""
+    perp_neg_side: float = 0.0
+    """Perp-Neg against the Janus problem: weight of the front-view prompt as a perpendicular negative on
+    side views (0: off; threestudio's weight at 90° is 1.57). Needs prompt.view_dependent."""
+    perp_neg_back: float = 0.0
+    """The same on back views (0: off; threestudio's weight at 180° is 1.97)."""
+    camera_guidance_scale: float = 1.0
+    """VSD family: eps_phi = eps_phi(no camera) + s (eps_phi(camera) - eps_phi(no camera)). 1: off, plain
+    VSD; below 1 mixes in the camera-free score, ESD's entropy term (Wang et al. 2023)."""
     seed: int = 0
     """Seed of the guidance's own random draws (timesteps, noise, camera drop)."""
 
@@ -62,6 +70,8 @@ class GuidanceConfig:
             raise Splat3dError(
                 f"Unknown linear term {self.linear_term!r}; choose exact, last_layer or finite_difference."
             )
+        if self.perp_neg_side < 0 or self.perp_neg_back < 0:
+            raise Splat3dError("guidance.perp_neg_side and perp_neg_back are weights of 0 (off) or more.")
 
 
 # --------------------------------------------------------------- timesteps
@@ -86,6 +96,13 @@ def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float)
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def perpendicular(x: Tensor, y: Tensor) -> Tensor:
+    """The part of each x[i] perpendicular to y[i] (flattened per sample)."""
+    dims = tuple(range(1, x.ndim))
+    along = (x * y).sum(dims, keepdim=True) / y.square().sum(dims, keepdim=True).clamp_min(1e-20)
+    return x - along * y
+
+
 def target_loss(z: Tensor, grad: Tensor) -> Tensor:
     """0.5 ||z - sg(z - grad)||² / B: its gradient w.r.t. z is exactly grad / B."""
     grad = torch.nan_to_num(grad.detach())
@@ -94,12 +111,34 @@ def target_loss(z: Tensor, grad: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def pretrained_eps(prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """The frozen prior's noise prediction with CFG (adapters and camera off)."""
-    x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-    eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat([cond, uncond])), x2, t2)
-    eps_cond, eps_uncond = eps.chunk(2)
-    return classifier_free_guidance(eps_uncond, eps_cond, scale)
+def pretrained_eps(
+    prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
+    negative: Tensor | None = None, negative_weight: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """The frozen prior's noise prediction with CFG (adapters and camera off).
+
+    With ``negative`` [B, L, D] and ``negative_weight`` [B] it is Perp-Neg (Armandpour et al. 2023, as
+    threestudio applies it to 3D): of the negative prompt's guidance direction only the part perpendicular
+    to the positive one is pushed away from, so the negative cannot cancel the prompt itself:
+
+        eps = eps_u + s (e_pos - w perp(e_neg, e_pos)),   e_x = eps_x - eps_u.
+
+    Only rows with a non-zero weight pay for the extra prediction; without any, the call is plain CFG.
+    """
+    b = x_t.shape[0]
+    weight = negative_weight if negative_weight is not None else torch.zeros(b)
+    rows = weight.nonzero()[:, 0].to(x_t.device)
+    x = torch.cat([x_t, x_t, x_t[rows]])
+    tt = torch.cat([t, t, t[rows]])
+    text = torch.cat([cond, uncond] + ([negative[rows]] if len(rows) else []))
+    eps = prior.to_epsilon(prior.unet_output(x, tt, text), x, tt)
+    eps_cond, eps_uncond, eps_negative = eps[:b], eps[b : 2 * b], eps[2 * b :]
+    if not len(rows):
+        return classifier_free_guidance(eps_uncond, eps_cond, scale)
+    e_pos = eps_cond - eps_uncond
+    push = weight.to(e_pos)[rows].reshape(-1, 1, 1, 1)
+    e_pos = e_pos.index_add(0, rows, -push * perpendicular(eps_negative - eps_uncond[rows], e_pos[rows]))
+    return eps_uncond + scale * e_pos
 
 
 # ----------------------------------------------------------- random draws
@@ -183,9 +222,15 @@ class Guidance:
         x_t = prior.add_noise(z.detach(), draw.noise, draw.t)
         elevation, azimuth = cameras.angles()
         b = z.shape[0]
+        negative = weight = None
+        if cfg.perp_neg_side or cfg.perp_neg_back:
+            # Perp-Neg: side and back views push away from the front's description.
+            by_view = {"side": cfg.perp_neg_side, "back": cfg.perp_neg_back}
+            weight = torch.tensor([by_view.get(v, 0.0) for v in self.prompt.views(elevation, azimuth)])
+            negative = self.prompt.view("front", b)
         eps_pre = pretrained_eps(
             prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
-            cfg.guidance_scale,
+            cfg.guidance_scale, negative, weight,
         )  # fmt: skip
         camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
         return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera)

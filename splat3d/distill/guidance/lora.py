@@ -65,13 +65,14 @@ class LoRAScoreModel:
     frozen prior's predictions never change.
     """
 
-    def __init__(self, prior, rank: int = 4, lr: float = 1e-4, seed: int = 0):
+    def __init__(self, prior, rank: int = 4, lr: float = 1e-4, seed: int = 0, camera_scale: float = 1.0):
         from peft import LoraConfig
 
         unet = prior.unet
         assert getattr(unet, "class_embedding", None) is None, "the prior's UNet already has a class embedding"
         assert not getattr(unet, "_hf_peft_config_loaded", False), "the prior's UNet already carries an adapter"
         self.prior = prior
+        self.camera_scale = camera_scale
         # Trainable parameters never in half precision (peft casts activations to them).
         self.param_dtype = torch.promote_types(prior.dtype, torch.float32)
         with torch.random.fork_rng(devices=[]):
@@ -115,6 +116,20 @@ class LoRAScoreModel:
 
     # ------------------------------------------------------------ forward
     def _call(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None = None) -> Tensor:
+        """eps_phi, with classifier-free guidance on the camera when camera_scale is not 1 (ESD): the
+        camera-free prediction is the one with a zero camera, as the LoRA learns it from dropped cameras."""
+        s = self.camera_scale
+        if s == 1.0:
+            return self._predict(x_t, t, text, camera, params)
+        b = x_t.shape[0]
+        eps = self._predict(
+            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, text]),
+            torch.cat([camera, torch.zeros_like(camera)]), params,
+        )  # fmt: skip
+        with_camera, without = eps[:b], eps[b:]
+        return without + s * (with_camera - without)
+
+    def _predict(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None) -> Tensor:
         prior = self.prior
         args = (x_t.to(prior.dtype), t)
         kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=camera.to(self.param_dtype))
@@ -225,7 +240,8 @@ class LoRAGuidance(Guidance):
 
     def __init__(self, prior, prompt, config: GuidanceConfig | None = None):
         super().__init__(prior, prompt, config)
-        self.score = LoRAScoreModel(prior, self.config.lora_rank, self.config.lora_lr, self.config.seed)
+        cfg = self.config
+        self.score = LoRAScoreModel(prior, cfg.lora_rank, cfg.lora_lr, cfg.seed, cfg.camera_guidance_scale)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "score": self.score.state_dict()}
