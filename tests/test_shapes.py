@@ -83,6 +83,18 @@ def test_prior_training_resumes_exactly_and_exports(tmp_path):
         PromptProcessor(prior, PromptConfig("a fluffy red corgi"))
     images = sample_images(prior, ["a red cube", "a blue sphere, side view"], steps=3)
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    # Shipped in float16 (half the bytes), loaded in float32 with the same weights to float16 precision.
+    from safetensors.torch import load_file
+
+    resumed.cfg = dataclasses.replace(TINY, weights_dtype="float16")
+    light = resumed.export(tmp_path / "light")
+    assert {v.dtype for v in load_file(str(light / "unet" / "diffusion_pytorch_model.safetensors")).values()} == {
+        torch.float16
+    }
+    light = load_prior(light, device="cpu", dtype=torch.float32)
+    for (k, a), (_, b) in zip(prior.unet.state_dict().items(), light.unet.state_dict().items()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=k)
 
 
 def test_prior_sample_cli(tiny_priors, tmp_path, capsys):
