@@ -24,7 +24,6 @@ themselves, so the report's time columns and frontier leave them out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import statistics
@@ -82,13 +81,13 @@ def run_one(
 
     from splat3d.distill.priors import builtin_priors
     from splat3d.io.media import grid, save_png
-    from splat3d.run.config import build_config
+    from splat3d.run.config import build_config, stretch_schedule
     from splat3d.run.trainer import start_run
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
     from splat3d.shapes.world import parse_prompt
 
     cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method=method, seed=seed)
-    cfg = dataclasses.replace(cfg, steps=cfg.steps * budget)
+    cfg = stretch_schedule(cfg, budget)  # densification, annealing and render sizes scale with the steps
     spec = parse_prompt(prompt)
     with tempfile.TemporaryDirectory() as tmp:
         with start_run(cfg, Path(tmp) / "run") as trainer:

@@ -211,6 +211,9 @@ def generate(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="A preset name or YAML file."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: KEY=VALUE (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Number of steps."),
+    budget: Optional[float] = typer.Option(
+        None, help="Stretch the run and its whole schedule (densification, annealing, render sizes) this many times."
+    ),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this .ply scene."),
@@ -223,11 +226,11 @@ def generate(
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
     from splat3d.distill.priors import CPU_DEFAULT_MODEL
-    from splat3d.run.config import build_config
+    from splat3d.run.config import build_config, stretch_schedule
     from splat3d.run.trainer import resume_run, start_run
 
     if resume is not None:
-        if prompt or config or set_ or method or model or init or overwrite or seed is not None or out:
+        if prompt or config or set_ or method or model or init or overwrite or seed is not None or out or budget:
             raise Splat3dError(
                 "--resume continues a run as it was configured; pass only --resume DIR (and --steps, --device)."
             )
@@ -239,6 +242,8 @@ def generate(
             config, set_, prompt__prompt=prompt, method=method, model=model, steps=steps, seed=seed,
             device=device, init__kind="ply" if init else None, init__path=str(init) if init else None,
         )  # fmt: skip
+        if budget is not None:
+            cfg = stretch_schedule(cfg, budget)
         if model is None and cfg.model == CPU_DEFAULT_MODEL:
             err_console.print(
                 "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "

@@ -5,7 +5,7 @@ import torch
 from helpers import run_cli
 
 from splat3d.errors import Splat3dError
-from splat3d.run.config import build_config, presets, schedule_problems
+from splat3d.run.config import build_config, presets, schedule_problems, stretch_schedule
 from splat3d.run.strategy import NEVER, StrategyConfig, make_strategy
 
 
@@ -38,6 +38,33 @@ def test_schedule_problems_are_found():
     for fragment in ("refine_stop 400", "reset_every 400", "anneal_start_step 300", "48 px at step 350"):
         assert fragment in problems, problems
     assert schedule_problems(build_config(None, prompt__prompt="x")) == []
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_a_budget_stretches_the_whole_schedule(preset):
+    base = build_config(preset, ["strategy.cleanup_every=50"], prompt__prompt="a red cube")
+    long = stretch_schedule(base, 3)
+    assert long.steps == 3 * base.steps and schedule_problems(long) == []
+    s, b = long.strategy, base.strategy
+    assert (s.refine_start, s.refine_stop, s.refine_every) == (
+        3 * b.refine_start,
+        3 * b.refine_stop,
+        3 * b.refine_every,
+    )
+    assert s.cleanup_every == 150 and s.reset_every == 3 * b.reset_every
+    assert long.guidance.anneal_start_step == 3 * base.guidance.anneal_start_step
+    assert [step for step, _ in long.camera.render_size_schedule] == [
+        3 * x for x, _ in base.camera.render_size_schedule
+    ]
+    assert long.output == base.output and long.guidance.lora_lr == base.guidance.lora_lr
+    assert stretch_schedule(base, 1) == base
+
+
+def test_bad_budgets_exit_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "a red cube", "--budget", "0", "--out", tmp_path / "r")
+    assert code == 2 and "--budget must be positive" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(capsys, "generate", "--resume", tmp_path / "r", "--budget", "2")
+    assert code == 2 and "--resume continues a run as it was configured" in " ".join(err.split())
 
 
 def test_config_show_resolves_to_the_gpu_preset_with_cuda(capsys, cuda_present):

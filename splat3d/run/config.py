@@ -209,6 +209,30 @@ def build_config(
     return run
 
 
+def stretch_schedule(run: RunConfig, factor: float) -> RunConfig:
+    """The run ``factor`` times as long with its whole schedule stretched alike: steps, the densification
+    window and interval, the opacity-reset and cleanup intervals, the timestep annealing and the render-size
+    switches. The number of densify/prune events stays the same (``generate --budget``, the benchmarks)."""
+    if factor <= 0:
+        raise Splat3dError(f"--budget must be positive, not {factor}.")
+    at = lambda step: max(1, round(step * factor))  # noqa: E731
+    every = lambda n: at(n) if n > 0 else 0  # noqa: E731 - 0 stays "never"
+    s, g, c = run.strategy, run.guidance, run.camera
+    return dataclasses.replace(
+        run,
+        steps=at(run.steps),
+        strategy=dataclasses.replace(
+            s, refine_start=round(s.refine_start * factor), refine_stop=at(s.refine_stop),
+            refine_every=at(s.refine_every), reset_every=every(s.reset_every), cleanup_every=every(s.cleanup_every),
+        ),
+        guidance=dataclasses.replace(
+            g, anneal_start_step=None if g.anneal_start_step is None else round(g.anneal_start_step * factor),
+            anneal_end_step=None if g.anneal_end_step is None else at(g.anneal_end_step),
+        ),
+        camera=dataclasses.replace(c, render_size_schedule=[[at(step), size] for step, size in c.render_size_schedule]),
+    )  # fmt: skip
+
+
 def schedule_problems(run: RunConfig) -> list[str]:
     """Step-valued settings that fall outside the run (or can never act), one sentence each."""
     steps, s, g = run.steps, run.strategy, run.guidance
