@@ -9,6 +9,8 @@ resumes where it stopped (finished runs are skipped).
     python benchmarks/distill.py --prompts 2 --seeds 0 --budgets 1   # a quick subset
     python benchmarks/distill.py --seeds 0 --budgets 3 --prompt "a red house" --prompt "a green mug"
     python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
+    python benchmarks/distill.py --janus --methods l2vsd,vsd --budgets 1   # each Janus mitigation, paired
+    python benchmarks/distill.py --regime --budgets 1,3 --prompts 4        # LoRA lr x eta, l2vsd paired with vsd
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
 
 On 2 cores, two one-thread runs side by side finish sooner than one run after
@@ -55,6 +57,17 @@ SWEEP = {
     "-eta1-finite_difference": ["guidance.lookahead_scale=1.0", "guidance.linear_term=finite_difference"],
 }
 SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
+# Janus mitigations (--janus): each on the fronted prompts, paired with the same method without it.
+JANUS = {
+    "-perpneg": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0"],
+    "-esd": ["guidance.camera_guidance_scale=0.5"],
+    "-perpneg-esd": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0", "guidance.camera_guidance_scale=0.5"],
+}
+JANUS_PROMPTS = ("a red house", "a blue house", "a green mug", "a yellow mug")
+# L2-VSD's regime (--regime): LoRA learning rate x eta x budget, each l2vsd run paired with the vsd run of the
+# same learning rate, budget, prompt and seed. Tags: "-lr<lr>" (vsd) and "-lr<lr>-eta<eta>" (l2vsd).
+REGIME_LRS = (1e-4, 3e-4, 1e-3)
+REGIME_ETAS = (0.1, 1.0)
 
 
 def load_prompts(path: Path = PROMPTS) -> list[str]:
@@ -153,6 +166,7 @@ def report(results_dir: Path) -> None:
     if not results:
         raise SystemExit("no results yet; run the benchmark first")
     sweep = sweep_table(results)
+    janus, regime = variant_table(results, janus_reference), variant_table(results, regime_reference)
     results = [r for r in results if r["method"] in METHODS]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -210,6 +224,27 @@ def report(results_dir: Path) -> None:
         + f"({', '.join(m for m in METHODS if any(r['method'] == m for r in results))}), 4 turntable frames each:\n\n"
         + "![turntable frames per method](distill_methods.png)\n",
     )
+    if janus:
+        write_doc_section(
+            "distill_janus",
+            "## Janus mitigations\n\n"
+            f"`python benchmarks/distill.py --janus` on {machine()}: {', '.join(JANUS_PROMPTS)}, cpu preset. "
+            "Each mitigation paired with the same method without it (same prompt, seed and budget; mean ± "
+            "standard error of the differences). Perp-Neg: "
+            + " ".join(JANUS["-perpneg"])
+            + "; ESD: "
+            + " ".join(JANUS["-esd"])
+            + ".\n\n"
+            + janus,
+        )
+    if regime:
+        write_doc_section(
+            "distill_regime",
+            "## L2-VSD's regime: LoRA learning rate x eta x budget\n\n"
+            f"`python benchmarks/distill.py --regime --budgets 1,3` on {machine()}: each l2vsd run paired with the "
+            "vsd run of the same LoRA learning rate, budget, prompt and seed (mean ± standard error of the "
+            "differences).\n\n" + regime,
+        )
     if sweep:
         write_doc_section(
             "distill_sweep",
@@ -269,6 +304,37 @@ def paired_table(results: list[dict], reference: str = "vsd") -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_table(results: list[dict], reference) -> str:
+    """Each variant run paired with its reference run (``reference(result) -> method name`` or None) of the
+    same prompt, seed and budget: mean ± standard error of the differences on every metric."""
+    runs = {(r["method"], r["prompt"], r["seed"], r["budget"]): r for r in results}
+    groups: dict[tuple, list] = {}
+    for r in results:
+        ref = reference(r)
+        if ref is not None and (key := (ref, r["prompt"], r["seed"], r["budget"])) in runs:
+            groups.setdefault((r["method"], ref, r["budget"]), []).append((r, runs[key]))
+    lines = ["| variant | against | budget | pairs | " + " | ".join(f"Δ {m}" for m in METRICS) + " |",
+             "|---|---|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    for (method, ref, budget), pairs in sorted(groups.items()):
+        lines.append(f"| {method} | {ref} | {budget}x | {len(pairs)} | " + " | ".join(differences(pairs)) + " |")
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n" if groups else ""
+
+
+def janus_reference(r: dict):
+    """A Janus variant ("l2vsd-perpneg") against the same method without the mitigation."""
+    for tag in sorted(JANUS, key=len, reverse=True):  # "-perpneg-esd" before "-esd"
+        if r["method"].endswith(tag):
+            return r["method"][: -len(tag)]
+    return None
+
+
+def regime_reference(r: dict):
+    """An l2vsd regime run ("l2vsd-lr0.001-eta1") against the vsd run of the same learning rate."""
+    match = re.fullmatch(r"l2vsd(-lr[^-]+)-eta.+", r["method"])
+    return f"vsd{match.group(1)}" if match else None
+
+
 def sweep_table(results: list[dict]) -> str:
     rows = [r for r in results if r["prompt"] in SWEEP_PROMPTS and r["seed"] == 0 and r["budget"] == 1]
     variants = ["vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
@@ -316,6 +382,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
+    parser.add_argument("--janus", action="store_true", help="each Janus mitigation on the house and mug prompts")
+    parser.add_argument("--regime", action="store_true", help="LoRA lr x eta (x --budgets), l2vsd paired with vsd")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (times not kept)")
     args = parser.parse_args()
     if args.jobs < 1:
@@ -331,15 +399,25 @@ def main() -> None:
                     finish((args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results, 1))
         return
     prompts = [p for p in load_prompts()[: args.prompts or None] if not args.prompt or p in args.prompt]
+    if args.janus:
+        prompts = [p for p in prompts if p in JANUS_PROMPTS]
     if not prompts:
         raise SystemExit(f"none of {args.prompt} is in {PROMPTS}")
     args.results.mkdir(parents=True, exist_ok=True)
-    pending = [(args.model, method, budget, prompt, seed, args.set, args.tag, args.results, args.jobs)
+    variants = [(method, args.tag, args.set) for method in args.methods.split(",")]
+    if args.janus:  # every method with and without each mitigation
+        variants += [(m, tag + args.tag, args.set + extra) for m, _, _ in variants for tag, extra in JANUS.items()]
+    if args.regime:
+        variants = [("vsd", f"-lr{lr:g}", [f"guidance.lora_lr={lr}"]) for lr in REGIME_LRS]
+        variants += [("l2vsd", f"-lr{lr:g}-eta{eta:g}", [f"guidance.lora_lr={lr}", f"guidance.lookahead_scale={eta}"])
+                     for lr in REGIME_LRS for eta in REGIME_ETAS]  # fmt: skip
+        variants = [(m, tag + args.tag, args.set + extra) for m, tag, extra in variants]
+    pending = [(args.model, method, budget, prompt, seed, overrides, tag, args.results, args.jobs)
                for budget in (int(b) for b in args.budgets.split(","))
                for seed in (int(s) for s in args.seeds.split(","))  # a whole seed first: a cut-short benchmark
                for prompt in prompts  # still covers every prompt
-               for method in args.methods.split(",")
-               if not (args.results / f"{run_id(method, budget, prompt, seed, args.tag)}.json").exists()]  # fmt: skip
+               for method, tag, overrides in variants
+               if not (args.results / f"{run_id(method, budget, prompt, seed, tag)}.json").exists()]  # fmt: skip
     print(f"{len(pending)} runs to go", flush=True)  # finished ones are skipped: the benchmark resumes
     if args.jobs == 1:
         for job in pending:
