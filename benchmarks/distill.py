@@ -133,17 +133,20 @@ def prior_reference_cached(prior, model: str, prompt: str, results: Path):
     import torch
 
     from splat3d.distill.priors import builtin_priors
+    from splat3d.io.fileio import atomic_write
     from splat3d.shapes.evaluate import prior_reference
 
     folder = builtin_priors().get(model) or Path(model)
-    weights = sorted(folder.glob("*/*.safetensors"))
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in weights)).hexdigest()[:12]
+    files = sorted(folder.glob("*/*.safetensors")) + sorted(folder.glob("model_index.json"))  # weights, sampler
+    if not files:
+        raise SystemExit(f"FID/KID references need a local prior folder; {model} has no weights here")
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:12]
     path = results / "references" / f"{digest}-{re.sub(r'[^a-z0-9]+', '-', prompt.lower()).strip('-')}.pt"
     if path.exists():
         return torch.load(path)
-    images = prior_reference(prior, prompt)
+    images = prior_reference(prior, prompt)  # its views, steps and seed are the evaluator's constants
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(images, path)
+    atomic_write(path, lambda tmp: torch.save(images, tmp))  # --jobs 2: another job may read it meanwhile
     return images
 
 
@@ -330,8 +333,8 @@ def janus_reference(r: dict):
 
 
 def regime_reference(r: dict):
-    """An l2vsd regime run ("l2vsd-lr0.001-eta1") against the vsd run of the same learning rate."""
-    match = re.fullmatch(r"l2vsd(-lr[^-]+)-eta.+", r["method"])
+    """An l2vsd regime run ("l2vsd[-TAG]-lr0.001-eta1") against the vsd run of the same learning rate."""
+    match = re.fullmatch(r"l2vsd(.*-lr[0-9.e+-]+?)-eta[0-9.e+-]+", r["method"])
     return f"vsd{match.group(1)}" if match else None
 
 
@@ -406,12 +409,13 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     variants = [(method, args.tag, args.set) for method in args.methods.split(",")]
     if args.janus:  # every method with and without each mitigation
-        variants += [(m, tag + args.tag, args.set + extra) for m, _, _ in variants for tag, extra in JANUS.items()]
+        variants += [(m, args.tag + tag, args.set + extra) for m, _, _ in variants for tag, extra in JANUS.items()
+                     if m != "sds" or "perp_neg" in " ".join(extra)]  # ESD's camera CFG needs a LoRA  # fmt: skip
     if args.regime:
         variants = [("vsd", f"-lr{lr:g}", [f"guidance.lora_lr={lr}"]) for lr in REGIME_LRS]
         variants += [("l2vsd", f"-lr{lr:g}-eta{eta:g}", [f"guidance.lora_lr={lr}", f"guidance.lookahead_scale={eta}"])
                      for lr in REGIME_LRS for eta in REGIME_ETAS]  # fmt: skip
-        variants = [(m, tag + args.tag, args.set + extra) for m, tag, extra in variants]
+        variants = [(m, args.tag + tag, args.set + extra) for m, tag, extra in variants]
     pending = [(args.model, method, budget, prompt, seed, overrides, tag, args.results, args.jobs)
                for budget in (int(b) for b in args.budgets.split(","))
                for seed in (int(s) for s in args.seeds.split(","))  # a whole seed first: a cut-short benchmark

@@ -212,7 +212,9 @@ def generate(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: KEY=VALUE (repeatable)."),
     steps: Optional[int] = typer.Option(None, help="Number of steps."),
     budget: Optional[float] = typer.Option(
-        None, help="Stretch the run and its whole schedule (densification, annealing, render sizes) this many times."
+        None,
+        help="Stretch the run (--steps included) and its whole schedule (densification, annealing, render sizes) "
+        "this many times.",
     ),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
@@ -226,11 +228,12 @@ def generate(
 ):
     """Generate a 3D Gaussian splat scene from a text prompt."""
     from splat3d.distill.priors import CPU_DEFAULT_MODEL
-    from splat3d.run.config import build_config, stretch_schedule
+    from splat3d.run.config import build_config, schedule_problems, stretch_schedule
     from splat3d.run.trainer import resume_run, start_run
 
     if resume is not None:
-        if prompt or config or set_ or method or model or init or overwrite or seed is not None or out or budget:
+        given = (prompt, config, set_, method, model, init, overwrite, out)
+        if any(given) or seed is not None or budget is not None:
             raise Splat3dError(
                 "--resume continues a run as it was configured; pass only --resume DIR (and --steps, --device)."
             )
@@ -244,6 +247,8 @@ def generate(
         )  # fmt: skip
         if budget is not None:
             cfg = stretch_schedule(cfg, budget)
+            if problems := schedule_problems(cfg):
+                raise Splat3dError(f"--budget {budget:g} leaves a schedule that cannot work: {problems[0]}.")
         if model is None and cfg.model == CPU_DEFAULT_MODEL:
             err_console.print(
                 "No CUDA GPU: using the built-in shapes prior (6 colours x 8 objects, offline); "

@@ -370,6 +370,8 @@ def test_perp_neg_needs_view_dependent_prompts():
         RunConfig(prompt=PromptConfig(view_dependent=False), guidance=GuidanceConfig(perp_neg_back=1.0))
     with pytest.raises(Splat3dError, match="0 \\(off\\) or more"):
         GuidanceConfig(perp_neg_side=-1.0)
+    with pytest.raises(Splat3dError, match="camera_condition_drop above 0"):
+        GuidanceConfig(camera_guidance_scale=0.5, camera_condition_drop=0.0)
 
 
 @pytest.mark.parametrize("method", ["vsd", "l2vsd"])

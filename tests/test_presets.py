@@ -63,6 +63,8 @@ def test_a_budget_stretches_the_whole_schedule(preset):
 def test_bad_budgets_exit_2(capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", "a red cube", "--budget", "0", "--out", tmp_path / "r")
     assert code == 2 and "--budget must be positive" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(capsys, "generate", "a red cube", "--budget", "0.001", "--out", tmp_path / "r")
+    assert code == 2 and "leaves a schedule that cannot work" in " ".join(err.split()) and not (tmp_path / "r").exists()
     code, _, err = run_cli(capsys, "generate", "--resume", tmp_path / "r", "--budget", "2")
     assert code == 2 and "--resume continues a run as it was configured" in " ".join(err.split())
 

@@ -12,8 +12,8 @@ from splat3d.io.fileio import atomic_write
 from splat3d.run.folder import RunFolder
 
 SUMMARY_FIELDS = ("prompt", "seed", "method", "status", "seconds", "gaussians", "prompt_accuracy", "iou",
-                  "colour_error", "speckle", "view_consistency", "fid", "kid", "attempts", "run", "error")  # fmt: skip
-METRICS = SUMMARY_FIELDS[6:13]
+                  "colour_error", "speckle", "view_consistency", "attempts", "run", "error")  # fmt: skip
+METRICS = SUMMARY_FIELDS[6:11]
 
 
 def summary_rows(jobs: list[Job], root: Path) -> list[dict]:

@@ -72,6 +72,11 @@ class GuidanceConfig:
             )
         if self.perp_neg_side < 0 or self.perp_neg_back < 0:
             raise Splat3dError("guidance.perp_neg_side and perp_neg_back are weights of 0 (off) or more.")
+        if self.camera_guidance_scale != 1.0 and self.camera_condition_drop <= 0:
+            raise Splat3dError(
+                "guidance.camera_guidance_scale needs a camera-free score, which the LoRA learns only from "
+                "dropped cameras; set guidance.camera_condition_drop above 0 (e.g. 0.1)."
+            )
 
 
 # --------------------------------------------------------------- timesteps
