@@ -76,11 +76,15 @@ class ShapesClassifier(torch.nn.Module):
         self.kind = torch.nn.Linear(features, len(KINDS))
         self.view = torch.nn.Linear(features, len(VIEWS))
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def embed(self, images: Tensor) -> Tensor:
+        """What the heads see: [B, features] (also FID's and KID's feature space)."""
         size = (self.input_size, self.input_size)
         if images.shape[-2:] != size:
             images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
-        h = self.features(images * 2 - 1)
+        return self.features(images * 2 - 1)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        h = self.embed(images)
         return {"colour": self.colour(h), "kind": self.kind(h), "view": self.view(h)}
 
 
@@ -96,10 +100,7 @@ class ClassifierFeatures(torch.nn.Module):
         self.num_features = classifier.colour.in_features
 
     def forward(self, images: Tensor) -> Tensor:
-        size = (self.classifier.input_size, self.classifier.input_size)
-        if images.shape[-2:] != size:
-            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
-        return self.classifier.features(images * 2 - 1)
+        return self.classifier.embed(images)
 
 
 @torch.no_grad()
