@@ -37,6 +37,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: what the prior recommends")
     parser.add_argument("--eta", type=float, default=None, help="DDIM eta; default: what the prior recommends")
+    parser.add_argument(
+        "--view-guidance-scale",
+        type=float,
+        default=None,
+        help="CFG scale of the view phrase; default: what the prior recommends",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first batch of samples")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -53,13 +59,15 @@ def main() -> None:
         args.guidance_scale = prior.sample_guidance_scale
     if args.eta is None:
         args.eta = prior.sample_eta
+    if args.view_guidance_scale is None:
+        args.view_guidance_scale = prior.sample_view_guidance_scale
     classifier = load_classifier(builtin_priors().get(args.model) or Path(args.model))
     objects = [(c, k) for c in COLOURS for k in KINDS]
     prompts = [(c, k, p) for p in PHRASINGS for c, k in objects for _ in range(args.samples)]
     t0 = time.perf_counter()
     images = torch.cat([
         sample_images(prior, [f"a {c} {k}{p}" for c, k, p in prompts[i : i + 120]], args.steps, args.guidance_scale,
-                      seed=args.seed + i, eta=args.eta)
+                      seed=args.seed + i, eta=args.eta, view_guidance_scale=args.view_guidance_scale)
         for i in range(0, len(prompts), 120)
     ])  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -80,7 +88,8 @@ def main() -> None:
     per_view = {v: view_ok[view_asked == j].float().mean().item() for j, v in enumerate(VIEWS)}
     result = {
         "machine": machine(), "model": args.model, "samples": len(prompts), "ddim_steps": args.steps,
-        "guidance_scale": args.guidance_scale, "eta": args.eta, "seed": args.seed, "seconds": seconds,
+        "guidance_scale": args.guidance_scale, "eta": args.eta, "view_guidance_scale": args.view_guidance_scale,
+        "seed": args.seed, "seconds": seconds,
         "colour_accuracy": colour_ok.float().mean().item(),
         "kind_accuracy": kind_ok.float().mean().item(), "accuracy": both.float().mean().item(),
         "per_phrasing": per_phrasing, "per_kind": per_kind,
@@ -96,7 +105,8 @@ def main() -> None:
             "shapes_prior",
             "## The shapes prior in 2D\n\n"
             f"`python benchmarks/shapes_prior.py` on {machine()}: {len(prompts)} DDIM samples ({args.steps} steps, "
-            f"CFG {args.guidance_scale}, eta {args.eta}), every colour x kind x phrasing, judged by the evaluator's "
+            f"CFG {args.guidance_scale}, view CFG {args.view_guidance_scale}, eta {args.eta}), "
+            "every colour x kind x phrasing, judged by the evaluator's "
             "classifier "
             f"({seconds:.0f} s).\n\n"
             f"| | colour | kind | both |\n|---|---|---|---|\n| all | {result['colour_accuracy']:.3f} | "

@@ -610,6 +610,11 @@ def prior_sample(
     eta: Optional[float] = typer.Option(
         None, help="DDIM eta: 0 deterministic, 1 stochastic (default: what the prior recommends; 0 if it says nothing)."
     ),
+    view_guidance_scale: Optional[float] = typer.Option(
+        None,
+        help='CFG scale of a view phrase (", front view") apart from the object (default: what the prior '
+        "recommends; none: plain CFG).",
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
@@ -630,7 +635,8 @@ def prior_sample(
         task = progress.add_task("sample", total=steps)
         scale = prior.sample_guidance_scale if guidance_scale is None else guidance_scale
         images = sample_images(prior, [prompt] * n, steps, scale, seed, eta=eta,
-                               progress=lambda: progress.advance(task))  # fmt: skip
+                               progress=lambda: progress.advance(task),
+                               view_guidance_scale=view_guidance_scale)  # fmt: skip
     save_png(grid([to_uint8(img) for img in images], columns=min(n, 8)), out)
     console.print(f"wrote {out} ({n} samples of {prompt!r} from {model})")
 

@@ -364,6 +364,39 @@ def test_perp_neg_against_the_prompt_itself_is_plain_cfg(tiny_priors):
     assert (same - plain).norm() < 1e-4 * plain.norm(), ((same - plain).norm(), plain.norm())
 
 
+def test_view_guidance_is_compositional_cfg_on_the_view_phrase(tiny_priors):
+    """eps = eps_u + s (eps_plain - eps_u) + s_v (eps_view - eps_plain): by hand, with and without Perp-Neg;
+    s_v = s is plain CFG."""
+    prior, guidance = setup(tiny_priors[("pixel", "epsilon")], "sds")
+    images, cams = batch(prior)
+    inputs = guidance.prepare(images.detach(), cams, 0)
+    x_t, t = inputs.x_t, inputs.draw.t
+    cond, uncond, plain = (
+        guidance.prompt.conditional(*cams.angles()),
+        guidance.prompt.unconditional(2),
+        guidance.prompt.plain(2),
+    )
+    assert not torch.equal(cond, plain)  # "a red cube, front view" vs "a red cube"
+    with torch.no_grad():
+        e_c, e_u, e_p = (prior.to_epsilon(prior.unet_output(x_t, t, c), x_t, t) for c in (cond, uncond, plain))
+    composed = pretrained_eps(prior, x_t, t, cond, uncond, 7.5, plain=plain, view_scale=20.0)
+    expected = e_u + 7.5 * (e_p - e_u) + 20.0 * (e_c - e_p)
+    assert (composed - expected).norm() < 1e-4 * expected.norm()  # float noise of a larger batch, x20
+    same = pretrained_eps(prior, x_t, t, cond, uncond, 7.5, plain=plain, view_scale=7.5)
+    assert torch.equal(same, pretrained_eps(prior, x_t, t, cond, uncond, 7.5))
+    # with Perp-Neg's negative along the (composed) positive direction: still nothing to push away from
+    with_neg = pretrained_eps(prior, x_t, t, cond, uncond, 7.5, cond, torch.tensor([0.0, 3.0]), plain, 20.0)
+    assert torch.isfinite(with_neg).all() and (with_neg[0] - composed[0]).norm() < 1e-4 * composed[0].norm()
+
+
+def test_view_guidance_reaches_the_step(tiny_priors):
+    eps = [setup(tiny_priors[("latent", "epsilon")], "vsd", view_guidance_scale=v)[1] for v in (None, 30.0)]
+    prior = load_prior(tiny_priors[("latent", "epsilon")], device="cpu")
+    images, cams = batch(prior)
+    a, b = (g.prepare(images.detach(), cams, 0).eps_pretrained for g in eps)
+    assert (a - b).norm() > 1e-2 * a.norm()
+
+
 def test_perp_neg_needs_view_dependent_prompts():
     from splat3d.run.config import RunConfig
 
@@ -371,6 +404,10 @@ def test_perp_neg_needs_view_dependent_prompts():
         RunConfig(prompt=PromptConfig(view_dependent=False), guidance=GuidanceConfig(perp_neg_back=1.0))
     with pytest.raises(Splat3dError, match="0 \\(off\\) or more"):
         GuidanceConfig(perp_neg_side=-1.0)
+    with pytest.raises(Splat3dError, match="view_guidance_scale guides the view phrase"):
+        RunConfig(prompt=PromptConfig(view_dependent=False), guidance=GuidanceConfig(view_guidance_scale=20.0))
+    with pytest.raises(Splat3dError, match="view_guidance_scale must be 0 or more"):
+        GuidanceConfig(view_guidance_scale=-1.0)
     with pytest.raises(Splat3dError, match="camera_condition_drop above 0"):
         GuidanceConfig(camera_guidance_scale=0.5, camera_condition_drop=0.0)
 

@@ -78,6 +78,7 @@ def test_prior_training_resumes_exactly_and_exports(tmp_path):
     assert list((tmp_path / "cache").glob("shapes-dataset-*.pt")), "the dataset is cached"
     prior = load_prior(folder, device="cpu")
     assert prior.image_size == 16 and not prior.is_latent
+    assert prior.scheduler.config.clip_sample is True  # pixels live in [-1, 1]
     assert (folder / "classifier.safetensors").exists()
     with pytest.warns(UserWarning, match="does not know 'fluffy', 'corgi'; its vocabulary is: red, green"):
         PromptProcessor(prior, PromptConfig("a fluffy red corgi"))
@@ -95,6 +96,21 @@ def test_prior_training_resumes_exactly_and_exports(tmp_path):
     for (k, a), (_, b) in zip(prior.unet.state_dict().items(), light.unet.state_dict().items()):
         assert b.dtype == torch.float32
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_view_guidance_in_sampling_guides_only_the_view_phrase(tiny_priors):
+    from splat3d.distill.prompts import split_view
+
+    assert split_view("a red house, front view") == ("a red house", "front")
+    assert split_view("a red house") == ("a red house", None)
+    prior = load_prior(tiny_priors[("latent", "epsilon")], device="cpu")
+    prompts = ["a red cube, side view", "a red cube"]
+    plain = sample_images(prior, prompts, steps=3, guidance_scale=3.0, view_guidance_scale=None)
+    same = sample_images(prior, prompts, steps=3, guidance_scale=3.0, view_guidance_scale=3.0)
+    strong = sample_images(prior, prompts, steps=3, guidance_scale=3.0, view_guidance_scale=30.0)
+    assert torch.equal(plain, same)  # s_v = s is plain CFG, in its own batch
+    assert (strong[0] - plain[0]).abs().max() > 1e-3  # the view phrase is pushed harder
+    torch.testing.assert_close(strong[1], plain[1], rtol=0, atol=1e-4)  # no view phrase: nothing to push
 
 
 def test_prior_sample_cli(tiny_priors, tmp_path, capsys):
@@ -235,6 +251,8 @@ def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(t
     prior = load_prior(folder, device="cpu")
     assert prior.is_latent and prior.image_size == 16 and prior.unet.config.sample_size == 4
     assert prior.vae.config.scaling_factor == pytest.approx(straight.vae.config.scaling_factor)
+    # latents have unit variance: samplers must not clip their x0 to the pixel range [-1, 1]
+    assert prior.scheduler.config.clip_sample is False
     images = sample_images(prior, ["a red cube, overhead view"], steps=3)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 

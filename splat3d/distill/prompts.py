@@ -58,6 +58,16 @@ def view_prompt(prompt: str, view: str) -> str:
     return f"{prompt}, {view} view"
 
 
+def split_view(prompt: str) -> tuple[str, str | None]:
+    """The inverse of view_prompt: ("a red house", "front") from "a red house, front view"; (prompt, None)
+    for a prompt without a view phrase."""
+    for view in VIEWS:
+        suffix = view_prompt("", view)
+        if prompt.endswith(suffix) and len(prompt) > len(suffix):
+            return prompt[: -len(suffix)], view
+    return prompt, None
+
+
 class PromptProcessor:
     """Text embeddings for one prompt, per camera, from a prior's text encoder."""
 

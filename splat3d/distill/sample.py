@@ -32,16 +32,30 @@ def sample_images(
     negative_prompt: str = "",
     progress=None,
     eta: float | None = None,
+    view_guidance_scale: float | None = None,
 ) -> Tensor:
     """Images [N, 3, H, W] in [0, 1], one per prompt.
 
     eta is DDIM's stochasticity (0: deterministic DDIM, 1: DDPM's variance); None takes what the prior
     recommends (`prior.sample_eta`). The timestep spacing comes from the prior's scheduler config.
+
+    view_guidance_scale s_v guides the view phrase apart from the object (compositional CFG, as in
+    Composable Diffusion): for "a red house, front view" (v) and its plain prompt "a red house" (p),
+    eps = eps(neg) + s (eps(p) - eps(neg)) + s_v (eps(v) - eps(p)). With s_v = s this is plain CFG on v; a
+    small prior's view conditioning is weak next to its object conditioning, and a larger s_v makes the
+    asked view come out without pushing colours and kinds further. None takes what the prior recommends
+    (`prior.sample_view_guidance_scale`; None there: plain CFG).
     """
     from diffusers import DDIMScheduler
 
+    from splat3d.distill.prompts import split_view
+
     check_sampling(prompts, steps, eta)
     eta = prior.sample_eta if eta is None else eta
+    if view_guidance_scale is None:
+        view_guidance_scale = prior.sample_view_guidance_scale
+    if view_guidance_scale == guidance_scale:
+        view_guidance_scale = None  # the same sum: keep plain CFG's cheaper batch
     scheduler = DDIMScheduler.from_config(prior.scheduler.config)
     scheduler.set_timesteps(steps)
     n = len(prompts)
@@ -50,13 +64,19 @@ def sample_images(
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, channels, size, size, generator=g, dtype=prior.compute_dtype).to(prior.device)
     z = z * scheduler.init_noise_sigma
-    text = torch.cat([prior.encode_text(prompts), prior.encode_text([negative_prompt] * n)])
+    texts = [prompts, [negative_prompt] * n]
+    if view_guidance_scale is not None:
+        texts.append([split_view(p)[0] for p in prompts])  # prompts without a view phrase: their own plain
+    text = torch.cat([prior.encode_text(x) for x in texts])
     for t in scheduler.timesteps:
-        t_batch = t.to(prior.device).expand(2 * n)
-        out = prior.unet_output(torch.cat([z, z]), t_batch, text)
-        cond, uncond = out.chunk(2)
+        t_batch = t.to(prior.device).expand(len(texts) * n)
+        out = prior.unet_output(torch.cat([z] * len(texts)), t_batch, text).chunk(len(texts))
         # CFG on the raw output is the same for epsilon and v prediction (both are linear in it).
-        z = scheduler.step(uncond + guidance_scale * (cond - uncond), t, z, eta=eta, generator=g).prev_sample
+        if view_guidance_scale is None:
+            guided = out[1] + guidance_scale * (out[0] - out[1])
+        else:
+            guided = out[1] + guidance_scale * (out[2] - out[1]) + view_guidance_scale * (out[0] - out[2])
+        z = scheduler.step(guided, t, z, eta=eta, generator=g).prev_sample
         if progress:
             progress()
     return prior.decode(z)

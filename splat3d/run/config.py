@@ -82,6 +82,9 @@ class RunConfig:
         if (self.guidance.perp_neg_side or self.guidance.perp_neg_back) and not self.prompt.view_dependent:
             raise Splat3dError("Perp-Neg (guidance.perp_neg_side/back) needs view-dependent prompts; "
                                "set prompt.view_dependent=true or the weights to 0.")  # fmt: skip
+        if self.guidance.view_guidance_scale is not None and not self.prompt.view_dependent:
+            raise Splat3dError("guidance.view_guidance_scale guides the view phrase, which needs view-dependent "
+                               "prompts; set prompt.view_dependent=true or view_guidance_scale to null.")  # fmt: skip
 
 
 # ------------------------------------------------------------------ presets

@@ -34,13 +34,18 @@ from splat3d.run.checkpoint import list_checkpoints, load_newest_checkpoint, sav
 from splat3d.run.config import build_config
 from splat3d.shapes.world import COLOURS, KINDS, WORLD_VERSION, make_object, vocabulary
 
-# The CFG scale this prior's 2D samples are judged best at (benchmarks/shapes_prior.py, 240 DDIM-50 samples
-# of the 6,500-step prior, kind accuracy: CFG 1 0.871, 1.5 0.875, 2 0.454, 3 ~0.2). Stronger guidance
-# extrapolates away from the unconditional branch (10% of captions) and collapses most kinds toward cubes.
-SAMPLE_GUIDANCE_SCALE = 1.5
+# The sampler this prior's 2D samples are judged best with (benchmarks/shapes_prior.py, 480 DDIM-50 samples of
+# v2, every colour x kind x phrasing; docs/shapes.md). Colour and kind both right: CFG 1.5 0.971, 3 0.988, 5 0.994
+# (eta 1); view asked = view seen on houses and mugs: 0.58 / 0.64 / 0.63 -- the view phrase is weak next to the
+# object, and more CFG on the whole prompt does not fix it. Guiding the view phrase apart from the object
+# (sample_images' view_guidance_scale) does: 24 house/mug samples per scale at CFG 3, view CFG 3 / 8 / 15:
+# 0.50 / 0.69 / 0.83; over all 480 samples view CFG 15 lifts the view to 0.854 but costs kinds (both right 0.933:
+# overhead mugs and cylinders blur together). The recommendation keeps the objects right (no view scale); ask
+# for --view-guidance-scale to see views. (v1, 32 px, was best at CFG 1.5: more collapsed its kinds to cubes.)
+SAMPLE_GUIDANCE_SCALE = 3.0
+SAMPLE_VIEW_GUIDANCE_SCALE = None
 # DDIM's eta for those samples. Stochastic DDIM (eta 1, DDPM's variance) corrects the small model's errors as it
-# goes; deterministic DDIM (eta 0) cannot. Same benchmark, CFG 1.5, kind accuracy over three noise seeds:
-# eta 0 0.875 / 0.808 / 0.829, eta 1 0.933 / 0.929 / 0.933 (cones 0.53-0.73 -> 0.87-0.93). docs/shapes.md.
+# goes; deterministic DDIM (eta 0) cannot: v2 at CFG 3, both right 0.988 at eta 1, 0.971 at eta 0 (v1 alike).
 SAMPLE_ETA = 1.0
 
 
@@ -198,7 +203,14 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
     )  # fmt: skip
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+    # Samplers clip the predicted x0 to [-1, 1] by default: right for pixels, wrong for latents (unit variance,
+    # so clipping bends colours: v2 drew orange for red and green for blue until this was off). As in SD.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=not cfg.latent,
+    )
     return tokenizer, text_encoder, unet, scheduler
 
 
@@ -355,7 +367,8 @@ class PriorTrainer:
                  "vae": ["diffusers", "AutoencoderKL"] if self.cfg.latent else [None, None],
                  "splat3d": {"trained_steps": self.step, "config": asdict(self.cfg),
                              "vocabulary": vocabulary(), "sample_guidance_scale": SAMPLE_GUIDANCE_SCALE,
-                             "sample_eta": SAMPLE_ETA}}  # fmt: skip
+                             "sample_eta": SAMPLE_ETA,
+                             "sample_view_guidance_scale": SAMPLE_VIEW_GUIDANCE_SCALE}}  # fmt: skip
         (folder / "model_index.json").write_text(json.dumps(index, indent=1))
         return folder
 

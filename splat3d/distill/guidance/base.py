@@ -59,6 +59,10 @@ class GuidanceConfig:
     side views (0: off; threestudio's weight at 90° is 1.57). Needs prompt.view_dependent."""
     perp_neg_back: float = 0.0
     """The same on back views (0: off; threestudio's weight at 180° is 1.97)."""
+    view_guidance_scale: float | None = None
+    """CFG scale of the view phrase apart from the object (compositional CFG, see pretrained_eps): a small
+    prior's view conditioning is weak next to its object conditioning; a larger scale makes each view look
+    like the view it is. None: the same as guidance_scale, plain CFG. Needs prompt.view_dependent."""
     camera_guidance_scale: float = 1.0
     """VSD family: eps_phi = eps_phi(no camera) + s (eps_phi(camera) - eps_phi(no camera)). 1: off, plain
     VSD; below 1 mixes in the camera-free score, ESD's entropy term (Wang et al. 2023)."""
@@ -70,6 +74,8 @@ class GuidanceConfig:
             raise Splat3dError(
                 f"Unknown linear term {self.linear_term!r}; choose exact, last_layer or finite_difference."
             )
+        if self.view_guidance_scale is not None and self.view_guidance_scale < 0:
+            raise Splat3dError("guidance.view_guidance_scale must be 0 or more (or null: the same as guidance_scale).")
         if self.perp_neg_side < 0 or self.perp_neg_back < 0:
             raise Splat3dError("guidance.perp_neg_side and perp_neg_back are weights of 0 (off) or more.")
         if self.camera_guidance_scale != 1.0 and self.camera_condition_drop <= 0:
@@ -119,6 +125,7 @@ def target_loss(z: Tensor, grad: Tensor) -> Tensor:
 def pretrained_eps(
     prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
     negative: Tensor | None = None, negative_weight: Tensor | None = None,
+    plain: Tensor | None = None, view_scale: float | None = None,
 ) -> Tensor:  # fmt: skip
     """The frozen prior's noise prediction with CFG (adapters and camera off).
 
@@ -128,8 +135,15 @@ def pretrained_eps(
 
         eps = eps_u + s (e_pos - w perp(e_neg, e_pos)),   e_x = eps_x - eps_u.
 
-    Only rows with a non-zero weight pay for the extra prediction; without any, the call is plain CFG.
+    With ``plain`` (the prompt without its view phrase) and ``view_scale`` s_v, the view phrase gets its own
+    scale (compositional CFG, Liu et al. 2022): e_pos = e_plain + (s_v / s) (eps_cond - eps_plain), so
+    eps = eps_u + s e_plain + s_v (eps_cond - eps_plain); s_v = s is plain CFG.
+
+    Only rows with a non-zero weight pay for Perp-Neg's extra prediction; without any, and without a view
+    scale, the call is plain CFG.
     """
+    if view_scale is not None and plain is not None and view_scale != scale:
+        return _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale)
     if negative_weight is None or not bool(negative_weight.any()):
         # Exactly the plain CFG batch: concatenating even an empty extra row changed the batch's memory
         # layout and with it the kernels' rounding (tests/test_pinned_outputs.py caught it).
@@ -145,6 +159,26 @@ def pretrained_eps(
     e_pos = eps_cond - eps_uncond
     push = negative_weight.to(e_pos)[rows].reshape(-1, 1, 1, 1)
     e_pos = e_pos.index_add(0, rows, -push * perpendicular(eps_negative - eps_uncond[rows], e_pos[rows]))
+    return eps_uncond + scale * e_pos
+
+
+def _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale) -> Tensor:
+    """pretrained_eps with a view scale: one batch of cond, uncond, plain (and Perp-Neg's rows)."""
+    b = x_t.shape[0]
+    rows = (
+        negative_weight.nonzero()[:, 0].to(x_t.device)
+        if negative_weight is not None
+        else torch.zeros(0, dtype=torch.long, device=x_t.device)
+    )
+    texts = [cond, uncond, plain] + ([negative[rows]] if len(rows) else [])
+    x, tt = torch.cat([x_t] * 3 + [x_t[rows]]), torch.cat([t] * 3 + [t[rows]])
+    eps = prior.to_epsilon(prior.unet_output(x, tt, torch.cat(texts)), x, tt)
+    eps_cond, eps_uncond, eps_plain = eps[:b], eps[b : 2 * b], eps[2 * b : 3 * b]
+    e_pos = (eps_plain - eps_uncond) + (view_scale / scale) * (eps_cond - eps_plain)
+    if len(rows):
+        push = negative_weight.to(e_pos)[rows].reshape(-1, 1, 1, 1)
+        e_neg = eps[3 * b :] - eps_uncond[rows]
+        e_pos = e_pos.index_add(0, rows, -push * perpendicular(e_neg, e_pos[rows]))
     return eps_uncond + scale * e_pos
 
 
@@ -237,7 +271,7 @@ class Guidance:
             negative = self.prompt.view("front", b)
         eps_pre = pretrained_eps(
             prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
-            cfg.guidance_scale, negative, weight,
+            cfg.guidance_scale, negative, weight, self.prompt.plain(b), cfg.view_guidance_scale,
         )  # fmt: skip
         camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
         return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera)

@@ -66,6 +66,8 @@ class DiffusionPrior:
     sample_guidance_scale: float = 7.5
     # DDIM's eta for those samples (0, diffusers' default, unless the prior says; the shapes prior: 1).
     sample_eta: float = 0.0
+    # The CFG scale of the view phrase for those samples (splat3d.distill.sample.sample_images), if it says.
+    sample_view_guidance_scale: Optional[float] = None
     _text_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -261,6 +263,7 @@ def load_prior(
         vocabulary=own.get("vocabulary"),
         sample_guidance_scale=float(own.get("sample_guidance_scale", 7.5)),
         sample_eta=float(own.get("sample_eta", 0.0)),
+        sample_view_guidance_scale=own.get("sample_view_guidance_scale"),
     )
 
 
