@@ -568,7 +568,9 @@ def prior_train(
     steps: Optional[int] = typer.Option(
         None, help="UNet training steps (default: the version's; it resumes from the folder's last checkpoint)."
     ),
-    version: int = typer.Option(1, "--version", help="1: the shipped 32-px prior; 2: 64-px latent (in progress)."),
+    version: int = typer.Option(
+        2, "--version", help="2: the shipped 64-px latent prior; 1: the earlier 32-px pixel prior."
+    ),
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed of the dataset, the initial weights and the batches."),
     checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),

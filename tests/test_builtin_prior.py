@@ -1,11 +1,24 @@
-"""The shipped shapes prior: loads offline and draws what it is asked for."""
+"""The shipped shapes prior (version 2: 64 px through a latent autoencoder): loads offline and draws the
+colour, kind and view it is asked for, judged by its own classifier."""
 
+import pytest
 import torch
 
 from splat3d.distill.priors import builtin_priors, load_prior
+from splat3d.distill.prompts import VIEWS
 from splat3d.distill.sample import sample_images
 from splat3d.shapes.evaluate import load_classifier
 from splat3d.shapes.world import COLOURS, KINDS
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return load_prior("shapes", device="cpu"), load_classifier(builtin_priors()["shapes"])
+
+
+def draw(prior, prompt: str, n: int = 4, seed: int = 1):
+    """n samples with the sampler the prior recommends (its model_index.json)."""
+    return sample_images(prior, [prompt] * n, 50, prior.sample_guidance_scale, seed, eta=prior.sample_eta)
 
 
 def test_shapes_prior_is_shipped_small_and_loads_offline(monkeypatch):
@@ -15,35 +28,39 @@ def test_shapes_prior_is_shipped_small_and_loads_offline(monkeypatch):
     weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     assert weights < 30e6, f"{weights / 1e6:.1f} MB of weights"
     prior = load_prior("shapes", device="cpu")
-    assert prior.image_size == 32 and not prior.is_latent and "house" in prior.vocabulary
+    assert prior.image_size == 64 and prior.is_latent and "house" in prior.vocabulary
+    assert next(prior.unet.parameters()).dtype == torch.float32  # stored in float16, computed in float32
 
 
-def test_shapes_prior_samples_the_right_colour():
-    prior = load_prior("shapes", device="cpu")
-    classifier = load_classifier(builtin_priors()["shapes"])
-    for colour in ("red", "blue", "yellow"):
-        images = sample_images(prior, [f"a {colour} cube"] * 4, steps=25, guidance_scale=1.5, seed=1)
-        with torch.no_grad():
-            predicted = classifier(images)["colour"].argmax(1)
-        assert (predicted == list(COLOURS).index(colour)).sum() >= 3, colour
+@pytest.mark.parametrize("colour, kind", [("red", "cube"), ("blue", "cone"), ("yellow", "torus"), ("green", "mug")])
+def test_shapes_prior_draws_the_right_colour_and_kind(shapes, colour, kind):
+    prior, classifier = shapes
+    with torch.no_grad():
+        out = classifier(draw(prior, f"a {colour} {kind}"))
+    right = (out["colour"].argmax(1) == list(COLOURS).index(colour)) & (out["kind"].argmax(1) == KINDS.index(kind))
+    assert right.sum() >= 3, (colour, kind, right.tolist())
 
 
-def test_shapes_prior_recommends_its_sampler_and_draws_the_right_kind_with_it():
-    # Stronger CFG collapses this prior's kinds toward cubes, and deterministic DDIM turns cones into cylinders
-    # (docs/shapes.md), so the prior says how to sample it.
-    prior = load_prior("shapes", device="cpu")
-    assert prior.sample_guidance_scale == 1.5 and prior.sample_eta == 1.0
-    classifier = load_classifier(builtin_priors()["shapes"])
-    for kind in ("cone", "torus"):
-        images = sample_images(prior, [f"a green {kind}"] * 4, steps=50, guidance_scale=prior.sample_guidance_scale,
-                               seed=2)  # fmt: skip
-        with torch.no_grad():
-            predicted = classifier(images)["kind"].argmax(1)
-        assert (predicted == KINDS.index(kind)).sum() >= 3, kind
+def test_shapes_prior_draws_the_asked_view(shapes):
+    """Houses and mugs asked for each of the four views, with the view phrase guided apart from the object
+    (view CFG 15: 0.854 of views right over the benchmark's 96 samples). A prior that ignores the phrase gets
+    about a quarter right; these 16 samples get 11 right (seed 1), the bar is 0.6."""
+    prior, classifier = shapes
+    asked = [(f"a {colour} {kind}, {view} view", view) for kind in ("house", "mug") for view in VIEWS
+             for colour in ("red", "blue")]  # fmt: skip
+    with torch.no_grad():
+        images = sample_images(prior, [p for p, _ in asked], 50, prior.sample_guidance_scale, 1,
+                               eta=prior.sample_eta, view_guidance_scale=15.0)  # fmt: skip
+        seen = classifier(images)["view"].argmax(1)
+    right = seen == torch.tensor([VIEWS.index(v) for _, v in asked])
+    assert right.float().mean() >= 0.6, (
+        right.float().mean(),
+        [(p, VIEWS[i]) for (p, _), i in zip(asked, seen.tolist())],
+    )
 
 
-def test_stochastic_ddim_is_reproducible_from_its_seed():
-    prior = load_prior("shapes", device="cpu")
+def test_stochastic_ddim_is_reproducible_from_its_seed(shapes):
+    prior, _ = shapes
     a, b, c = (sample_images(prior, ["a red mug"] * 2, steps=5, guidance_scale=1.5, seed=s, eta=1.0) for s in (3, 3, 4))
     assert torch.equal(a, b) and not torch.allclose(a, c)
     deterministic = sample_images(prior, ["a red mug"] * 2, steps=5, guidance_scale=1.5, seed=3, eta=0.0)
