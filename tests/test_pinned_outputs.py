@@ -17,7 +17,9 @@ PINNED = {
     ("pixel", "vsd"): "c99a91d51307dd1e63a927ad599f6d0f4d16db5434fb26d91bfbec945aedcb36",
     ("pixel", "lvsd"): "fc42970dc4905f60304b7eab7712ca36c3de7110d0b3de7c35829c9a393c7f56",
     ("pixel", "l2vsd"): "46973908cf994eeea9cbfe02b2b8862820ed120da291ef735548a267c386f41d",
-    ("latent", "l2vsd"): "d8cb830c690e4e83c243e0223c4012984b9e6fff943e5e6357485d01fd6f5c6f",
+    # The encoder path, unchanged since d54b04b; the decoded default was pinned when it came in (issue 17).
+    ("latent", "l2vsd-encoder"): "d8cb830c690e4e83c243e0223c4012984b9e6fff943e5e6357485d01fd6f5c6f",
+    ("latent", "l2vsd"): "6621b31c3af1763f69a129046ea5972c7c12890ba738b741ea87e87cb2327457",
     ("pixel", "l2vsd-resumed"): "91ee37e8063e1cda16d5115e48abed71359286cff402f8af2676469ece9fd97e",
 }
 
@@ -33,6 +35,8 @@ def test_scene_ply_is_pinned(tiny_priors, tmp_path, capsys, kind, method):
     steps = 4 if method.endswith("-resumed") else 8
     args = ["generate", "a red cube", "--model", prior, "--method", method.split("-")[0], "--seed", 1,
             "--out", out, "--quiet", *sets(*SMALL)]  # fmt: skip
+    if method.endswith("-encoder"):
+        args += ["--set", "guidance.latent_gradient=encoder"]
     code, _, err = run_cli(capsys, *args, "--steps", steps)
     assert code == 0, err
     if method.endswith("-resumed"):

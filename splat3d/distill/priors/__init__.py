@@ -119,12 +119,16 @@ class DiffusionPrior:
         return torch.stack([self._text_cache[t] for t in texts])
 
     # ------------------------------------------------------------- images
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Renders [B, 3, H, W] in [0, 1] -> the prior's space z (compute dtype), differentiably."""
+    def resize_images(self, images: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] -> the prior's image size (bilinear, differentiable; a no-op at that size)."""
         size = self.image_size
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False)
-        x = images * 2.0 - 1.0
+        return images
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Renders [B, 3, H, W] in [0, 1] -> the prior's space z (compute dtype), differentiably."""
+        x = self.resize_images(images) * 2.0 - 1.0
         if self.vae is None:
             return x.to(self.compute_dtype)
         posterior = self.vae.encode(x.to(self.dtype)).latent_dist
