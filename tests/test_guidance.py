@@ -327,6 +327,41 @@ def test_sds_gradient_value(tiny_priors):
     assert images.grad.abs().sum() > 0
 
 
+def test_latent_gradient_decoded_and_encoder(tiny_priors):
+    """decoded: d loss / d images = (x - D(z - grad)) / B, by hand, and no gradient through the encoder;
+    encoder: the chain rule through the VAE, a different gradient from the same draws."""
+    folder = tiny_priors[("latent", "epsilon")]
+    prior, sds = setup(folder, "sds", guidance_scale=100.0)
+    images, cams = batch(prior)
+    sds(images, cams, 0).loss.backward()
+
+    _, twin = setup(folder, "sds", guidance_scale=100.0)  # the same seed: the same draws
+    x = images.detach()
+    inputs = twin.prepare(x, cams, 0)
+    assert not inputs.z.requires_grad and torch.equal(inputs.pixels, x)
+    w = (1 - prior.alphas_cumprod[inputs.draw.t]).reshape(-1, 1, 1, 1)
+    grad = w * (inputs.eps_pretrained - inputs.draw.noise)
+    target = prior.decode(inputs.z - grad, clamp=False)
+    torch.testing.assert_close(images.grad, (x - target) / x.shape[0], rtol=1e-5, atol=1e-7)
+
+    # decoded_pull p < 1: target x + (D(z - grad) - D(z)) + p (D(z) - x), a weaker pull toward D(z).
+    _, half = setup(folder, "sds", guidance_scale=100.0, decoded_pull=0.25)
+    weak = x.clone().requires_grad_(True)
+    half(weak, cams, 0).loss.backward()
+    now = prior.decode(inputs.z, clamp=False)
+    target = x + (prior.decode(inputs.z - grad, clamp=False) - now) + 0.25 * (now - x)
+    torch.testing.assert_close(weak.grad, (x - target) / x.shape[0], rtol=1e-4, atol=1e-6)
+
+    _, chain = setup(folder, "sds", guidance_scale=100.0, latent_gradient="encoder")
+    again = x.clone().requires_grad_(True)
+    chain(again, cams, 0).loss.backward()
+    assert again.grad.abs().sum() > 0 and not torch.allclose(again.grad, images.grad)
+    with pytest.raises(Splat3dError, match="latent gradient"):
+        GuidanceConfig(latent_gradient="pixels")
+    with pytest.raises(Splat3dError, match="decoded_pull"):
+        GuidanceConfig(decoded_pull=1.5)
+
+
 # ------------------------------------------------------------ Janus options
 def test_perpendicular_component():
     g = torch.Generator().manual_seed(0)

@@ -70,6 +70,10 @@ class GuidanceConfig:
     Diffusion). The built-in prior's small encoder turns the chain rule into off-colour speckle: "a green
     cube", cpu default, seed 0: encoder prompt acc 0.33, colour err 0.241, speckle 0.98 (a brown cube);
     decoded 1.00, 0.039, 0.000 (docs/shapes.md). Pixel priors ignore it."""
+    decoded_pull: float = 1.0
+    """latent_gradient=decoded: the pixel target is x + (D(z - grad) - D(z)) + p (D(z) - x). p = 1 is D(z - grad)
+    itself (one decoder pass); below 1 the pull toward the VAE's reconstruction D(z) of the render, which
+    cleans off-colour speckle but also rounds shapes off, is weakened (two decoder passes)."""
     camera_guidance_scale: float = 1.0
     """VSD family: eps_phi = eps_phi(no camera) + s (eps_phi(camera) - eps_phi(no camera)). 1: off, plain
     VSD; below 1 mixes in the camera-free score, ESD's entropy term (Wang et al. 2023)."""
@@ -83,6 +87,8 @@ class GuidanceConfig:
             )
         if self.latent_gradient not in ("decoded", "encoder"):
             raise Splat3dError(f"Unknown latent gradient {self.latent_gradient!r}; choose decoded or encoder.")
+        if not 0.0 <= self.decoded_pull <= 1.0:
+            raise Splat3dError("guidance.decoded_pull is a weight from 0 to 1 (1: the decoded target itself).")
         if self.view_guidance_scale is not None and self.view_guidance_scale < 0:
             raise Splat3dError("guidance.view_guidance_scale must be 0 or more (or null: the same as guidance_scale).")
         if self.perp_neg_side < 0 or self.perp_neg_back < 0:
@@ -301,8 +307,13 @@ class Guidance:
             loss = target_loss(inputs.z, grad)
         else:
             # Image-space target: the latent the step asks for, decoded; d loss / d pixels = x - D(z - grad).
-            target = self.prior.decode(inputs.z.detach() - grad).to(inputs.pixels.dtype)
-            loss = target_loss(inputs.pixels, inputs.pixels.detach() - target)
+            x, z, pull = inputs.pixels.detach(), inputs.z.detach(), self.config.decoded_pull
+            if pull == 1.0:
+                target = self.prior.decode(z - grad, clamp=False).to(x.dtype)
+            else:
+                now, asked = self.prior.decode(torch.cat([z, z - grad]), clamp=False).to(x.dtype).chunk(2)
+                target = x + (asked - now) + pull * (now - x)
+            loss = target_loss(inputs.pixels, x - target)
         logs = {"grad_norm": grad.norm().item(), "t": inputs.draw.t.float().mean().item(), **logs}
         return GuidanceOutput(loss, logs)
 

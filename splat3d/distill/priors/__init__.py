@@ -135,11 +135,12 @@ class DiffusionPrior:
         return posterior.mean.to(self.compute_dtype) * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
-        """The prior's space -> images [B, 3, H, W] in [0, 1]."""
+    def decode(self, z: Tensor, clamp: bool = True) -> Tensor:
+        """The prior's space -> images [B, 3, H, W] in [0, 1] (unclamped with ``clamp=False``)."""
         if self.vae is not None:
             z = self.vae.decode((z / self.vae.config.scaling_factor).to(self.dtype)).sample
-        return (z.to(self.compute_dtype) * 0.5 + 0.5).clamp(0, 1)
+        x = z.to(self.compute_dtype) * 0.5 + 0.5
+        return x.clamp(0, 1) if clamp else x
 
     # --------------------------------------------------------------- noise
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
