@@ -306,7 +306,7 @@ class Guidance:
         if inputs.pixels is None:
             loss = target_loss(inputs.z, grad)
         else:
-            # Image-space target: the latent the step asks for, decoded; d loss / d pixels = x - D(z - grad).
+            # Image-space target from the decoded latent the step asks for (see decoded_pull); d loss / dx = x - target.
             x, z, pull = inputs.pixels.detach(), inputs.z.detach(), self.config.decoded_pull
             if pull == 1.0:
                 target = self.prior.decode(z - grad, clamp=False).to(x.dtype)
