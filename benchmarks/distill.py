@@ -11,6 +11,7 @@ resumes where it stopped (finished runs are skipped).
     python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
     python benchmarks/distill.py --janus --methods l2vsd,vsd --budgets 1   # each Janus mitigation, paired
     python benchmarks/distill.py --regime --budgets 1,3 --prompts 4        # LoRA lr x eta, l2vsd paired with vsd
+    python benchmarks/distill.py --linear-term --budgets 1  # finite-difference l2vsd, paired with exact and vsd
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
 
 On 2 cores, two one-thread runs side by side finish sooner than one run after
@@ -59,6 +60,7 @@ SWEEP = {
 SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
 # Janus mitigations (--janus): each on the fronted prompts, paired with the same method without it.
 JANUS = {
+    "-view": ["guidance.view_guidance_scale=45"],  # 3x the cpu preset's CFG on the view phrase alone
     "-perpneg": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0"],
     "-esd": ["guidance.camera_guidance_scale=0.5"],
     "-perpneg-esd": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0", "guidance.camera_guidance_scale=0.5"],
@@ -68,6 +70,9 @@ JANUS_PROMPTS = ("a red house", "a blue house", "a green mug", "a yellow mug")
 # same learning rate, budget, prompt and seed. Tags: "-lr<lr>" (vsd) and "-lr<lr>-eta<eta>" (l2vsd).
 REGIME_LRS = (1e-4, 3e-4, 1e-3)
 REGIME_ETAS = (0.1, 1.0)
+# The linear term (--linear-term): l2vsd with the finite-difference term on every prompt and seed, paired with
+# the exact term (the l2vsd runs) and with vsd, to say whether the cheaper term loses anything.
+LINEAR_TAG, LINEAR_SET = "-fd", ["guidance.linear_term=finite_difference"]
 
 
 def load_prompts(path: Path = PROMPTS) -> list[str]:
@@ -119,6 +124,7 @@ def run_one(
         "steps": cfg.steps, "overrides": overrides,
         "lookahead_scale": cfg.guidance.lookahead_scale, "linear_term": cfg.guidance.linear_term,
         **{m: getattr(evaluation, m) for m in METRICS},
+        "views": [v["view"] for v in evaluation.per_view],  # the classifier's view of each ring camera
         "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
         "total_seconds": wall, "peak_memory_mb": rows[-1]["peak_memory_mb"], "gaussians": rows[-1]["n_gaussians"],
         "threads": torch.get_num_threads(), "jobs": jobs,
@@ -170,6 +176,7 @@ def report(results_dir: Path) -> None:
         raise SystemExit("no results yet; run the benchmark first")
     sweep = sweep_table(results)
     janus, regime = variant_table(results, janus_reference), variant_table(results, regime_reference)
+    linear = variant_table(results, lambda r: ["l2vsd", "vsd"] if r["method"] == "l2vsd" + LINEAR_TAG else None)
     results = [r for r in results if r["method"] in METHODS]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -233,12 +240,24 @@ def report(results_dir: Path) -> None:
             "## Janus mitigations\n\n"
             f"`python benchmarks/distill.py --janus` on {machine()}: {', '.join(JANUS_PROMPTS)}, cpu preset. "
             "Each mitigation paired with the same method without it (same prompt, seed and budget; mean ± "
-            "standard error of the differences). Perp-Neg: "
+            "standard error of the differences). View guidance: "
+            + " ".join(JANUS["-view"])
+            + "; Perp-Neg: "
             + " ".join(JANUS["-perpneg"])
             + "; ESD: "
             + " ".join(JANUS["-esd"])
             + ".\n\n"
             + janus,
+        )
+    if linear:
+        write_doc_section(
+            "distill_linear",
+            "## L2-VSD's linear term: finite difference against the exact jvp\n\n"
+            f"`python benchmarks/distill.py --linear-term --budgets 1` on {machine()}: l2vsd with "
+            + " ".join(LINEAR_SET)
+            + " on every prompt and seed, paired with the exact term (the l2vsd runs above) and with vsd (mean ± "
+            "standard error of the differences; positive: better for accuracy, IoU and view consistency, worse for "
+            "colour error, speckle, FID and KID). The cost of each term: benchmarks/step_cost.py.\n\n" + linear,
         )
     if regime:
         write_doc_section(
@@ -308,14 +327,15 @@ def paired_table(results: list[dict], reference: str = "vsd") -> str:
 
 
 def variant_table(results: list[dict], reference) -> str:
-    """Each variant run paired with its reference run (``reference(result) -> method name`` or None) of the
-    same prompt, seed and budget: mean ± standard error of the differences on every metric."""
+    """Each variant run paired with its reference runs (``reference(result)`` -> a method name, a list of them,
+    or None) of the same prompt, seed and budget: mean ± standard error of the differences on every metric."""
     runs = {(r["method"], r["prompt"], r["seed"], r["budget"]): r for r in results}
     groups: dict[tuple, list] = {}
     for r in results:
-        ref = reference(r)
-        if ref is not None and (key := (ref, r["prompt"], r["seed"], r["budget"])) in runs:
-            groups.setdefault((r["method"], ref, r["budget"]), []).append((r, runs[key]))
+        refs = reference(r) or []
+        for ref in [refs] if isinstance(refs, str) else refs:
+            if (key := (ref, r["prompt"], r["seed"], r["budget"])) in runs:
+                groups.setdefault((r["method"], ref, r["budget"]), []).append((r, runs[key]))
     lines = ["| variant | against | budget | pairs | " + " | ".join(f"Δ {m}" for m in METRICS) + " |",
              "|---|---|---|---|" + "---|" * len(METRICS)]  # fmt: skip
     for (method, ref, budget), pairs in sorted(groups.items()):
@@ -386,11 +406,21 @@ def main() -> None:
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
     parser.add_argument("--janus", action="store_true", help="each Janus mitigation on the house and mug prompts")
+    names = ",".join(t[1:] for t in JANUS)
+    parser.add_argument("--janus-variants", default="", help=f"with --janus, only these of {names} (default: all)")
+    parser.add_argument(
+        "--linear-term",
+        action="store_true",
+        help="l2vsd with the finite-difference linear term, paired with exact and with vsd",
+    )
     parser.add_argument("--regime", action="store_true", help="LoRA lr x eta (x --budgets), l2vsd paired with vsd")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (times not kept)")
     args = parser.parse_args()
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
+    unknown = {f"-{n}" for n in args.janus_variants.split(",") if n} - set(JANUS)
+    if unknown:
+        raise SystemExit(f"unknown Janus variant(s) {sorted(unknown)}; choose from {[t[1:] for t in JANUS]}")
     if args.report:
         report(args.results)
         return
@@ -409,8 +439,12 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     variants = [(method, args.tag, args.set) for method in args.methods.split(",")]
     if args.janus:  # every method with and without each mitigation
-        variants += [(m, args.tag + tag, args.set + extra) for m, _, _ in variants for tag, extra in JANUS.items()
-                     if m != "sds" or "perp_neg" in " ".join(extra)]  # ESD's camera CFG needs a LoRA  # fmt: skip
+        chosen = [f"-{n}" for n in args.janus_variants.split(",")] if args.janus_variants else list(JANUS)
+        # (ESD's camera CFG needs a LoRA: not for sds)
+        variants += [(m, args.tag + tag, args.set + JANUS[tag]) for m, _, _ in variants for tag in chosen
+                     if m != "sds" or "camera_guidance" not in " ".join(JANUS[tag])]  # fmt: skip
+    if args.linear_term:
+        variants = [("l2vsd", args.tag + LINEAR_TAG, args.set + LINEAR_SET)]
     if args.regime:
         variants = [("vsd", f"-lr{lr:g}", [f"guidance.lora_lr={lr}"]) for lr in REGIME_LRS]
         variants += [("l2vsd", f"-lr{lr:g}-eta{eta:g}", [f"guidance.lora_lr={lr}", f"guidance.lookahead_scale={eta}"])

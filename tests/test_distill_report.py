@@ -1,0 +1,42 @@
+"""The method benchmark's pairing (benchmarks/distill.py): which runs it pairs and what it reports."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import distill  # noqa: E402
+
+
+def result(method: str, prompt: str, seed: int, iou: float, budget: int = 1) -> dict:
+    metrics = dict.fromkeys(distill.METRICS)
+    return {"method": method, "prompt": prompt, "seed": seed, "budget": budget, **metrics, "iou": iou}
+
+
+def test_variant_table_pairs_each_variant_with_every_reference():
+    runs = [result("vsd", p, s, 0.5) for p in ("a", "b") for s in (0, 1)]
+    runs += [result("l2vsd", p, s, 0.6) for p in ("a", "b") for s in (0, 1)]
+    runs += [result("l2vsd-fd", p, s, 0.6 + 0.1 * s) for p in ("a", "b") for s in (0, 1)]
+    runs.append(result("l2vsd-fd", "c", 0, 0.9))  # no reference of prompt c: left out, not paired with another
+    table = distill.variant_table(runs, lambda r: ["l2vsd", "vsd"] if r["method"] == "l2vsd-fd" else None)
+    rows = {tuple(c.strip() for c in line.split("|")[1:5]): line for line in table.splitlines()[2:]}
+    assert set(rows) == {("l2vsd-fd", "l2vsd", "1x", "4"), ("l2vsd-fd", "vsd", "1x", "4")}
+    iou = distill.METRICS.index("iou")
+    cell = lambda row: row.split("|")[5 + iou].strip()  # noqa: E731
+    # against l2vsd: differences 0, 0.1, 0, 0.1 -> mean 0.05, standard error 0.0577 / 2
+    assert cell(rows[("l2vsd-fd", "l2vsd", "1x", "4")]) == "+0.050 ± 0.029"
+    assert cell(rows[("l2vsd-fd", "vsd", "1x", "4")]) == "+0.150 ± 0.029"
+    assert distill.variant_table(runs, lambda r: None) == ""
+
+
+def test_janus_reference_strips_the_longest_tag():
+    assert distill.janus_reference({"method": "l2vsd-perpneg-esd"}) == "l2vsd"
+    assert distill.janus_reference({"method": "vsd-view"}) == "vsd"
+    assert distill.janus_reference({"method": "vsd"}) is None
+
+
+def test_unknown_janus_variant_is_refused(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["distill.py", "--janus", "--janus-variants", "view,nope"])
+    with pytest.raises(SystemExit, match="unknown Janus variant"):
+        distill.main()
