@@ -104,6 +104,10 @@ def run_one(
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
     from splat3d.shapes.world import parse_prompt
 
+    if method == "l2vsd" and not any(o.startswith("guidance.linear_term=") for o in overrides):
+        # l2vsd here is the paper's method, the exact jvp, whatever linear term the cpu preset picks for
+        # speed; the finite-difference term is a variant of its own (--linear-term, the sweep).
+        overrides = ["guidance.linear_term=exact", *overrides]
     cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method=method, seed=seed)
     cfg = stretch_schedule(cfg, budget)  # densification, annealing and render sizes scale with the steps
     spec = parse_prompt(prompt)

@@ -54,7 +54,8 @@ def profile(model: str, prompt: str, steps: int = 8) -> str:
     from splat3d.run.config import build_config
     from splat3d.run.trainer import start_run
 
-    cfg = build_config("cpu", [f"steps={steps + WARMUP}"], prompt__prompt=prompt, model=model, method="l2vsd")
+    overrides = [f"steps={steps + WARMUP}", "guidance.linear_term=exact"]  # whatever the cpu preset picks
+    cfg = build_config("cpu", overrides, prompt__prompt=prompt, model=model, method="l2vsd")
     with tempfile.TemporaryDirectory() as tmp, start_run(cfg, Path(tmp) / "run") as trainer:
         for _ in range(WARMUP):
             trainer.train_step()
