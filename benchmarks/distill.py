@@ -11,6 +11,7 @@ resumes where it stopped (finished runs are skipped).
     python benchmarks/distill.py --sweep               # L2-VSD's eta and linear-term variants on a subset
     python benchmarks/distill.py --janus --methods l2vsd,vsd --budgets 1   # each Janus mitigation, paired
     python benchmarks/distill.py --regime --budgets 1,3 --prompts 4        # LoRA lr x eta, l2vsd paired with vsd
+    python benchmarks/distill.py --regime --lrs 0.001 --etas 1 --budgets 1  # one corner of that sweep
     python benchmarks/distill.py --linear-term --budgets 1  # finite-difference l2vsd, paired with exact and vsd
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
 
@@ -424,6 +425,10 @@ def main() -> None:
         help="l2vsd with the finite-difference linear term, paired with exact and with vsd",
     )
     parser.add_argument("--regime", action="store_true", help="LoRA lr x eta (x --budgets), l2vsd paired with vsd")
+    parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in REGIME_LRS),
+                        help="with --regime, only these LoRA learning rates")  # fmt: skip
+    parser.add_argument("--etas", default=",".join(f"{eta:g}" for eta in REGIME_ETAS),
+                        help="with --regime, only these lookahead scales")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (times not kept)")
     args = parser.parse_args()
     if args.jobs < 1:
@@ -456,9 +461,10 @@ def main() -> None:
     if args.linear_term:
         variants = [("l2vsd", args.tag + LINEAR_TAG, args.set + LINEAR_SET)]
     if args.regime:
-        variants = [("vsd", f"-lr{lr:g}", [f"guidance.lora_lr={lr}"]) for lr in REGIME_LRS]
+        lrs = [float(x) for x in args.lrs.split(",")]
+        variants = [("vsd", f"-lr{lr:g}", [f"guidance.lora_lr={lr}"]) for lr in lrs]
         variants += [("l2vsd", f"-lr{lr:g}-eta{eta:g}", [f"guidance.lora_lr={lr}", f"guidance.lookahead_scale={eta}"])
-                     for lr in REGIME_LRS for eta in REGIME_ETAS]  # fmt: skip
+                     for lr in lrs for eta in (float(x) for x in args.etas.split(","))]  # fmt: skip
         variants = [(m, args.tag + tag, args.set + extra) for m, tag, extra in variants]
     pending = [(args.model, method, budget, prompt, seed, overrides, tag, args.results, args.jobs)
                for budget in (int(b) for b in args.budgets.split(","))

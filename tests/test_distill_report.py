@@ -40,3 +40,16 @@ def test_unknown_janus_variant_is_refused(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["distill.py", "--janus", "--janus-variants", "view,nope"])
     with pytest.raises(SystemExit, match="unknown Janus variant"):
         distill.main()
+
+
+def test_regime_runs_only_the_chosen_learning_rates_and_etas(monkeypatch, tmp_path):
+    jobs = []
+    monkeypatch.setattr(distill, "finish", jobs.append)
+    argv = ["distill.py", "--regime", "--lrs", "0.001", "--etas", "1", "--budgets", "1", "--seeds", "0",
+            "--prompt", "a red house", "--results", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    distill.main()
+    runs = {(method, tag, tuple(overrides)) for _, method, _, _, _, overrides, tag, _, _ in jobs}
+    assert runs == {("vsd", "-lr0.001", ("guidance.lora_lr=0.001",)),
+                    ("l2vsd", "-lr0.001-eta1", ("guidance.lora_lr=0.001", "guidance.lookahead_scale=1.0"))}  # fmt: skip
+    assert distill.regime_reference({"method": "l2vsd-lr0.001-eta1"}) == "vsd-lr0.001"
