@@ -372,7 +372,7 @@ def regime_reference(r: dict):
 def sweep_table(results: list[dict]) -> str:
     rows = [r for r in results if r["prompt"] in SWEEP_PROMPTS and r["seed"] == 0 and r["budget"] == 1]
     variants = ["vsd", *(f"l2vsd{tag}" for tag in SWEEP)]
-    if not any(r["method"] != "l2vsd" and r["method"].startswith("l2vsd") for r in rows):
+    if not any(r["method"] in variants[1:] for r in rows):  # no sweep runs (other l2vsd variants are not the sweep)
         return ""
     label = {"vsd": "vsd (eta 0)", "l2vsd-eta0.1": "l2vsd-eta0.1 (exact: the default before this sweep)",
              "l2vsd-eta1": "l2vsd-eta1 (exact: the default since this sweep)"}  # fmt: skip

@@ -53,3 +53,10 @@ def test_regime_runs_only_the_chosen_learning_rates_and_etas(monkeypatch, tmp_pa
     assert runs == {("vsd", "-lr0.001", ("guidance.lora_lr=0.001",)),
                     ("l2vsd", "-lr0.001-eta1", ("guidance.lora_lr=0.001", "guidance.lookahead_scale=1.0"))}  # fmt: skip
     assert distill.regime_reference({"method": "l2vsd-lr0.001-eta1"}) == "vsd-lr0.001"
+
+
+def test_sweep_table_is_empty_without_sweep_runs():
+    prompt = distill.SWEEP_PROMPTS[0]
+    runs = [result(m, prompt, 0, 0.5) for m in ("vsd", "l2vsd", "l2vsd-fd", "l2vsd-fd-view")]
+    assert distill.sweep_table(runs) == ""  # the report must not overwrite an earlier sweep's table
+    assert "l2vsd-eta0.1" in distill.sweep_table([*runs, result("l2vsd-eta0.1", prompt, 0, 0.6)])
