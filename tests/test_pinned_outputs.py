@@ -55,7 +55,8 @@ def test_scene_ply_is_pinned(tiny_priors, tmp_path, capsys, kind, method):
     if os.environ.get("SPLAT3D_RECORD_PINNED") == "1":
         PINNED.mkdir(exist_ok=True)
         np.savez_compressed(reference, **got)
-    want = dict(np.load(reference))
+    with np.load(reference) as stored:
+        want = dict(stored)
     assert list(got) == list(want), "scene.ply's properties changed"
     assert len(got["x"]) == len(want["x"]), f"{len(got['x'])} Gaussians, pinned {len(want['x'])}"
     for name, values in want.items():
