@@ -574,6 +574,15 @@ def prior_train(
     batch_size: int = typer.Option(64, help="Images per step."),
     seed: int = typer.Option(0, help="Seed of the dataset, the initial weights and the batches."),
     checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
+    view_steps: Optional[int] = typer.Option(
+        None, help="Steps of the last, view-weighted stage (default: the version's)."
+    ),
+    start_from: Optional[str] = typer.Option(
+        None,
+        "--from",
+        help="Start a new folder from an exported prior (a prior/ folder, or a built-in name such "
+        "as shapes), its stages counted as done: --from shapes --view-steps N trains only the view stage.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train the built-in prior of a world from a seed (resumable); writes OUT/prior."""
@@ -586,12 +595,20 @@ def prior_train(
     if version not in VERSIONS:
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
+    settings.update({"view_steps": view_steps} if view_steps is not None else {})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
+    if start_from is not None:
+        from splat3d.distill.priors import builtin_priors
+
+        start_from = builtin_priors().get(start_from, Path(start_from))
+        if not start_from.is_dir():
+            raise Splat3dError(f"--from {start_from}: no such folder or built-in prior; give a prior/ folder "
+                               f"or one of: {', '.join(builtin_priors())}.")  # fmt: skip
     ensure_writable_dir(out)
     columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
     with FolderLock(out, "splat3d prior train"):
-        trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m))
+        trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m), start_from=start_from)
         with Progress(*columns, console=err_console, disable=quiet) as progress:
             task = progress.add_task("train", total=trainer.total_steps, completed=trainer.total_step,
                                      loss=float("nan"))  # fmt: skip

@@ -8,7 +8,7 @@ import torch
 from helpers import run_cli
 
 from splat3d.distill.priors import load_prior
-from splat3d.distill.prompts import PromptConfig, PromptProcessor
+from splat3d.distill.prompts import PromptConfig, PromptProcessor, view_names
 from splat3d.distill.sample import sample_images
 from splat3d.errors import Splat3dError
 from splat3d.render import render
@@ -16,7 +16,7 @@ from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
 from splat3d.scene.gaussians import rgb_to_sh0
 from splat3d.scene.ply import write_ply
-from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
+from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer, captions
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object, parse_prompt
 
 
@@ -255,6 +255,52 @@ def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(t
     assert prior.scheduler.config.clip_sample is False
     images = sample_images(prior, ["a red cube, overhead view"], steps=3)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
+    cfg = dataclasses.replace(TINY, kinds=("cube", "house"), views_per_object=64, overhead_share=0.25, view_steps=2,
+                              caption_dropout=0.0, plain_caption=1.0)  # fmt: skip
+    trainer = PriorTrainer(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", log=lambda m: None)
+    weights = trainer._fronted_view_weights()
+    names = view_names(trainer.data["elevation"], trainer.data["azimuth"], PromptConfig())
+    house = torch.tensor(["house" in trainer.data["objects"][i] for i in trainer.data["object"].tolist()])
+    assert weights[~house].sum() == 0 and (weights[house] > 0).all()
+    per_view = {v: weights[torch.tensor([n == v for n in names])].sum().item() for v in set(names)}
+    assert sorted(per_view) == ["back", "front", "overhead", "side"]
+    assert all(w == pytest.approx(1.0) for w in per_view.values()), per_view  # each view as likely as another
+    everything = torch.arange(len(names))
+    texts = captions(trainer.data, everything, cfg, torch.Generator().manual_seed(0), always_view=("house",))
+    assert all(t.endswith(" view") == ("house" in t) for t in texts), "plain captions only for the cube"
+
+
+def test_view_stage_starts_from_an_exported_prior_and_resumes_exactly(tmp_path):
+    cfg = dataclasses.replace(TINY, kinds=("cube", "house"), steps=2, view_steps=3)
+    source = PriorTrainer(dataclasses.replace(cfg, view_steps=0), tmp_path / "a", cache_dir=tmp_path / "cache",
+                          log=lambda m: None).run()  # fmt: skip
+    start = lambda out: PriorTrainer(cfg, tmp_path / out, cache_dir=tmp_path / "cache", log=lambda m: None,  # noqa: E731
+                                     start_from=source)  # fmt: skip
+    straight = start("b")
+    exported = load_prior(source, device="cpu").unet.state_dict()
+    assert straight.step == 2 and straight.total_steps == 5
+    assert all(torch.equal(v, straight.ema["unet"].state_dict()[k]) for k, v in exported.items())
+    folder = straight.run()
+    assert straight.step == 5
+    with pytest.raises(_Stop):  # checkpoint at step 4, stopped inside step 5
+        start("c").run(_stop_at(5))
+    resumed = start("c")
+    assert resumed.step == 4
+    resumed.run()
+    for (k, a), (_, b) in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(straight.ema["unet"].state_dict()["conv_out.weight"], exported["conv_out.weight"])
+    assert (folder / "classifier.safetensors").read_bytes() == (source / "classifier.safetensors").read_bytes()
+    assert load_prior(folder, device="cpu").image_size == 16
+    with pytest.raises(Splat3dError, match=r"other settings \(resolution\); start from it with the settings"):
+        PriorTrainer(dataclasses.replace(cfg, resolution=32), tmp_path / "d", cache_dir=tmp_path / "cache",
+                     start_from=source)  # fmt: skip
+    with pytest.raises(Splat3dError, match="not a prior exported by `splat3d prior train`"):
+        PriorTrainer(cfg, tmp_path / "e", cache_dir=tmp_path / "cache", start_from=tmp_path)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists(), "refused before any work"
 
 
 def test_a_training_folder_resumes_only_with_its_own_settings(tmp_path):
