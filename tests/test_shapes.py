@@ -271,6 +271,8 @@ def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
     everything = torch.arange(len(names))
     texts = captions(trainer.data, everything, cfg, torch.Generator().manual_seed(0), always_view=("house",))
     assert all(t.endswith(" view") == ("house" in t) for t in texts), "plain captions only for the cube"
+    with pytest.raises(Splat3dError, match="a kind with a front"):  # refused at once, not at the stage's first step
+        dataclasses.replace(TINY, view_steps=2)
 
 
 def test_view_stage_starts_from_an_exported_prior_and_resumes_exactly(tmp_path):
