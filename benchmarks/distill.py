@@ -62,6 +62,9 @@ SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
 # Janus mitigations (--janus): each on the fronted prompts, paired with the same method without it.
 JANUS = {
     "-view": ["guidance.view_guidance_scale=45"],  # 3x the cpu preset's CFG on the view phrase alone
+    # 2x, for the prior after its view stage (2D: view CFG 8 at CFG 3 drew the asked view 0.938 of the time)
+    "-view30": ["guidance.view_guidance_scale=30"],
+    "-view22.5": ["guidance.view_guidance_scale=22.5"],
     "-perpneg": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0"],
     "-esd": ["guidance.camera_guidance_scale=0.5"],
     "-perpneg-esd": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0", "guidance.camera_guidance_scale=0.5"],
@@ -95,6 +98,7 @@ def run_one(
     tag: str,
     results: Path,
     jobs: int = 1,
+    keep_scene: bool = False,
 ) -> dict:
     import torch
 
@@ -102,6 +106,7 @@ def run_one(
     from splat3d.io.media import grid, save_png
     from splat3d.run.config import build_config, stretch_schedule
     from splat3d.run.trainer import start_run
+    from splat3d.scene.ply import write_ply
     from splat3d.shapes.evaluate import evaluate_scene, load_classifier
     from splat3d.shapes.world import parse_prompt
 
@@ -123,6 +128,9 @@ def run_one(
         evaluation = evaluate_scene(trainer.scene, spec.colour, spec.kind, load_classifier(folder), reference)
         frames = trainer.render_views(4, 64)
     name = run_id(method, budget, prompt, seed, tag)
+    if keep_scene:  # for the mesh export benchmark (benchmarks/export.py --runs accepts these files)
+        (results / "scenes").mkdir(exist_ok=True)
+        write_ply(trainer.scene, results / "scenes" / f"{name}.ply")
     save_png(grid(frames, columns=4), results / "frames" / f"{name}.png")
     return {
         "run": name, "method": method + tag, "budget": budget, "prompt": prompt, "seed": seed,
@@ -415,6 +423,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the method name (sweeps)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--keep-scenes", action="store_true", help="also keep each final scene: RESULTS/scenes")
     parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
     parser.add_argument("--janus", action="store_true", help="each Janus mitigation on the house and mug prompts")
     names = ",".join(t[1:] for t in JANUS)
@@ -444,7 +453,7 @@ def main() -> None:
         for prompt in SWEEP_PROMPTS:
             for tag, overrides in SWEEP.items():
                 if not (args.results / f"{run_id('l2vsd', 1, prompt, 0, tag)}.json").exists():
-                    finish((args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results, 1))
+                    finish((args.model, "l2vsd", 1, prompt, 0, overrides, tag, args.results, 1, args.keep_scenes))
         return
     prompts = [p for p in load_prompts()[: args.prompts or None] if not args.prompt or p in args.prompt]
     if args.janus:
@@ -466,7 +475,7 @@ def main() -> None:
         variants += [("l2vsd", f"-lr{lr:g}-eta{eta:g}", [f"guidance.lora_lr={lr}", f"guidance.lookahead_scale={eta}"])
                      for lr in lrs for eta in (float(x) for x in args.etas.split(","))]  # fmt: skip
         variants = [(m, args.tag + tag, args.set + extra) for m, tag, extra in variants]
-    pending = [(args.model, method, budget, prompt, seed, overrides, tag, args.results, args.jobs)
+    pending = [(args.model, method, budget, prompt, seed, overrides, tag, args.results, args.jobs, args.keep_scenes)
                for budget in (int(b) for b in args.budgets.split(","))
                for seed in (int(s) for s in args.seeds.split(","))  # a whole seed first: a cut-short benchmark
                for prompt in prompts  # still covers every prompt
@@ -492,8 +501,8 @@ def one_thread() -> None:
 
 def finish(job: tuple) -> None:
     """Run one benchmark job and write its result file (the file is what marks it finished)."""
-    model, method, budget, prompt, seed, overrides, tag, results, jobs = job
-    result = run_one(model, method, budget, prompt, seed, overrides, tag, results, jobs)
+    result = run_one(*job)
+    results = job[7]
     (results / f"{result['run']}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
 

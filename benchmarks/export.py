@@ -28,20 +28,27 @@ RESULTS = ROOT / "benchmarks" / "results" / "export.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="run folders of shapes-world prompts")
-    parser.add_argument("--kinds", default="cube,sphere,torus,house")
+    parser.add_argument("--runs", nargs="*", type=Path, default=[],
+                        help="run folders of shapes-world prompts, or .ply files whose names hold the prompt "
+                        "(benchmarks/distill.py --keep-scenes writes them)")  # fmt: skip
+    parser.add_argument("--kinds", default="cube,sphere,torus,house", help="true objects to include ('' for none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from splat3d.render.mesh import MeshConfig, extract_mesh
     from splat3d.run.config import build_config
     from splat3d.run.folder import RunFolder
+    from splat3d.scene.ply import read_ply
     from splat3d.shapes.evaluate import evaluate_mesh
     from splat3d.shapes.world import make_object, parse_prompt
 
     scenes = [(f"true {k}" + (" (5,000 Gaussians)" if k == "cube" else ""), k,
-               make_object("red", k, n=5000 if k == "cube" else 2500)) for k in args.kinds.split(",")]  # fmt: skip
+               make_object("red", k, n=5000 if k == "cube" else 2500)) for k in args.kinds.split(",") if k]  # fmt: skip
     for run in args.runs:
+        if run.suffix == ".ply":  # e.g. l2vsd-fd-x1-a-purple-torus-s0.ply
+            spec = parse_prompt(run.stem.replace("-", " "))
+            scenes.append((f"run {run.stem}", spec.kind if spec else None, read_ply(run)))
+            continue
         folder = RunFolder(run)
         spec = parse_prompt(build_config(str(folder.config_path)).prompt.prompt)
         scenes.append((f"run {run.name}", spec.kind if spec else None, folder.load_scene()))

@@ -33,6 +33,8 @@ def test_variant_table_pairs_each_variant_with_every_reference():
 def test_janus_reference_strips_the_longest_tag():
     assert distill.janus_reference({"method": "l2vsd-perpneg-esd"}) == "l2vsd"
     assert distill.janus_reference({"method": "vsd-view"}) == "vsd"
+    assert distill.janus_reference({"method": "l2vsd-fd-view30"}) == "l2vsd-fd"  # not "l2vsd-fd-view" + "30"
+    assert distill.janus_reference({"method": "l2vsd-fd-view22.5"}) == "l2vsd-fd"
     assert distill.janus_reference({"method": "vsd"}) is None
 
 
@@ -49,7 +51,8 @@ def test_regime_runs_only_the_chosen_learning_rates_and_etas(monkeypatch, tmp_pa
             "--prompt", "a red house", "--results", str(tmp_path)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     distill.main()
-    runs = {(method, tag, tuple(overrides)) for _, method, _, _, _, overrides, tag, _, _ in jobs}
+    runs = {(method, tag, tuple(overrides)) for _, method, _, _, _, overrides, tag, *_ in jobs}
+    assert not any(keep for *_, keep in jobs)  # scenes are kept only when asked (--keep-scenes)
     assert runs == {("vsd", "-lr0.001", ("guidance.lora_lr=0.001",)),
                     ("l2vsd", "-lr0.001-eta1", ("guidance.lora_lr=0.001", "guidance.lookahead_scale=1.0"))}  # fmt: skip
     assert distill.regime_reference({"method": "l2vsd-lr0.001-eta1"}) == "vsd-lr0.001"
