@@ -62,9 +62,10 @@ SWEEP_PROMPTS = ("a blue cone", "a purple torus", "a red house", "a green mug")
 # Janus mitigations (--janus): each on the fronted prompts, paired with the same method without it.
 JANUS = {
     "-view": ["guidance.view_guidance_scale=45"],  # 3x the cpu preset's CFG on the view phrase alone
-    # 2x, for the prior after its view stage (2D: view CFG 8 at CFG 3 drew the asked view 0.938 of the time)
+    # For the prior after its view stage: 2x (2D: view CFG 8 at CFG 3 drew the asked view 0.938 of the time), and
+    # half, which weakens what the view phrase also carries of the fronted kinds (doors and handles on spheres)
     "-view30": ["guidance.view_guidance_scale=30"],
-    "-view22.5": ["guidance.view_guidance_scale=22.5"],
+    "-view7.5": ["guidance.view_guidance_scale=7.5"],
     "-perpneg": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0"],
     "-esd": ["guidance.camera_guidance_scale=0.5"],
     "-perpneg-esd": ["guidance.perp_neg_side=1.5", "guidance.perp_neg_back=2.0", "guidance.camera_guidance_scale=0.5"],

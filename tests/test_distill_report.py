@@ -34,7 +34,7 @@ def test_janus_reference_strips_the_longest_tag():
     assert distill.janus_reference({"method": "l2vsd-perpneg-esd"}) == "l2vsd"
     assert distill.janus_reference({"method": "vsd-view"}) == "vsd"
     assert distill.janus_reference({"method": "l2vsd-fd-view30"}) == "l2vsd-fd"  # not "l2vsd-fd-view" + "30"
-    assert distill.janus_reference({"method": "l2vsd-fd-view22.5"}) == "l2vsd-fd"
+    assert distill.janus_reference({"method": "l2vsd-fd-view7.5"}) == "l2vsd-fd"
     assert distill.janus_reference({"method": "vsd"}) is None
 
 
