@@ -502,8 +502,8 @@ def one_thread() -> None:
 
 def finish(job: tuple) -> None:
     """Run one benchmark job and write its result file (the file is what marks it finished)."""
-    result = run_one(*job)
-    results = job[7]
+    model, method, budget, prompt, seed, overrides, tag, results, jobs, keep_scene = job
+    result = run_one(model, method, budget, prompt, seed, overrides, tag, results, jobs, keep_scene)
     (results / f"{result['run']}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("run", *METRICS, "total_seconds")}), flush=True)
 
