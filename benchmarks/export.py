@@ -37,21 +37,17 @@ def main() -> None:
 
     from splat3d.render.mesh import MeshConfig, extract_mesh
     from splat3d.run.config import build_config
-    from splat3d.run.folder import RunFolder
-    from splat3d.scene.ply import read_ply
+    from splat3d.run.folder import RunFolder, load_scene
     from splat3d.shapes.evaluate import evaluate_mesh
     from splat3d.shapes.world import make_object, parse_prompt
 
     scenes = [(f"true {k}" + (" (5,000 Gaussians)" if k == "cube" else ""), k,
                make_object("red", k, n=5000 if k == "cube" else 2500)) for k in args.kinds.split(",") if k]  # fmt: skip
     for run in args.runs:
-        if run.suffix == ".ply":  # e.g. l2vsd-fd-x1-a-purple-torus-s0.ply
-            spec = parse_prompt(run.stem.replace("-", " "))
-            scenes.append((f"run {run.stem}", spec.kind if spec else None, read_ply(run)))
-            continue
-        folder = RunFolder(run)
-        spec = parse_prompt(build_config(str(folder.config_path)).prompt.prompt)
-        scenes.append((f"run {run.name}", spec.kind if spec else None, folder.load_scene()))
+        ply = run.suffix == ".ply"  # e.g. l2vsd-fd-x1-a-purple-torus-s0.ply
+        prompt = run.stem.replace("-", " ") if ply else build_config(str(RunFolder(run).config_path)).prompt.prompt
+        spec = parse_prompt(prompt)
+        scenes.append((f"run {run.stem if ply else run.name}", spec.kind if spec else None, load_scene(run)))
     config = MeshConfig()
     rows = []
     for name, kind, scene in scenes:
