@@ -577,6 +577,10 @@ def prior_train(
     view_steps: Optional[int] = typer.Option(
         None, help="Steps of the last, view-weighted stage (default: the version's)."
     ),
+    view_kinds: str = typer.Option(
+        "fronted", help="Kinds the view stage draws from with the view named: fronted (house, mug) or all."
+    ),
+    view_share: float = typer.Option(0.5, help="Share of each view-stage batch drawn as --view-kinds says."),
     start_from: Optional[str] = typer.Option(
         None,
         "--from",
@@ -596,6 +600,7 @@ def prior_train(
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     settings.update({"view_steps": view_steps} if view_steps is not None else {})
+    settings.update(view_kinds=view_kinds, view_batch_share=view_share)
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:
         from splat3d.distill.priors import builtin_priors

@@ -261,13 +261,20 @@ def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
     cfg = dataclasses.replace(TINY, kinds=("cube", "house"), views_per_object=64, overhead_share=0.25, view_steps=2,
                               caption_dropout=0.0, plain_caption=1.0)  # fmt: skip
     trainer = PriorTrainer(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", log=lambda m: None)
-    weights = trainer._fronted_view_weights()
+    weights = trainer._view_stage_weights()
     names = view_names(trainer.data["elevation"], trainer.data["azimuth"], PromptConfig())
     house = torch.tensor(["house" in trainer.data["objects"][i] for i in trainer.data["object"].tolist()])
     assert weights[~house].sum() == 0 and (weights[house] > 0).all()
     per_view = {v: weights[torch.tensor([n == v for n in names])].sum().item() for v in set(names)}
     assert sorted(per_view) == ["back", "front", "overhead", "side"]
-    assert all(w == pytest.approx(1.0) for w in per_view.values()), per_view  # each view as likely as another
+    assert all(w == pytest.approx(0.25) for w in per_view.values()), per_view  # each view as likely as another
+    every = dataclasses.replace(cfg, view_kinds="all")  # every kind as often as another, each kind's views too
+    trainer = PriorTrainer(every, tmp_path / "all", cache_dir=tmp_path / "cache", log=lambda m: None)
+    weights = trainer._view_stage_weights()
+    for kind in (house, ~house):
+        assert weights[kind].sum() == pytest.approx(1.0)
+        for v in per_view:
+            assert weights[kind & torch.tensor([n == v for n in names])].sum() == pytest.approx(0.25)
     everything = torch.arange(len(names))
     texts = captions(trainer.data, everything, cfg, torch.Generator().manual_seed(0), always_view=("house",))
     assert all(t.endswith(" view") == ("house" in t) for t in texts), "plain captions only for the cube"

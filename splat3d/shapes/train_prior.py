@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -89,12 +90,18 @@ class PriorTrainConfig:
     plain). Version 2's main stage learnt the view phrase only weakly next to the object words (2D: the asked
     view seen in 0.635 of house and mug samples), since most captions of every kind describe the object alone."""
     view_batch_share: float = 0.5
+    view_kinds: str = "fronted"
+    """Which kinds the view stage's share of each batch draws from, with their view always named: "fronted"
+    (the house and the mug only) or "all" (every kind equally often, each kind's views equally often), so the
+    view phrase does not come to stand for the kinds with a front (what "fronted" did in 3D, docs/shapes.md)."""
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
             raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
         if self.view_steps < 0 or not 0.0 <= self.view_batch_share <= 1.0:
             raise Splat3dError("--view-steps must be >= 0 and view_batch_share within 0..1.")
+        if self.view_kinds not in ("fronted", "all"):
+            raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
         if self.view_steps and not set(self.kinds) & set(FRONTED):
             raise Splat3dError(f"--view-steps needs a kind with a front ({', '.join(FRONTED)}) among the kinds.")
         if self.latent and (self.vae_steps <= 0 or self.resolution % 4):
@@ -252,6 +259,7 @@ def _check_same_settings(
     the autoencoder's only until the UNet has begun to learn its latents)."""
     free = ("steps", "view_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps", "weights_dtype")
     free += () if unet_step else ("vae_steps",)
+    free += () if unet_step > cfg.steps else ("view_batch_share", "view_kinds")  # the view stage has not begun
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -374,17 +382,18 @@ class PriorTrainer:
         self.vae.register_to_config(scaling_factor=scale)
         self.latents = means * scale
 
-    def _fronted_view_weights(self) -> torch.Tensor:
-        """Sampling weights over the dataset: the kinds with a front only, each of their four views equally
-        likely (the stratified cameras give sides twice the share of fronts or backs)."""
+    def _view_stage_weights(self) -> torch.Tensor:
+        """Sampling weights over the dataset for the view stage: the kinds it draws from (``view_kinds``) equally
+        often, and within each kind its views equally often (the stratified cameras give sides twice the share
+        of fronts or backs)."""
         kinds = [name.split()[-1] for name in self.data["objects"]]
-        fronted = torch.tensor([kinds[i] in FRONTED for i in self.data["object"].tolist()])
+        drawn = FRONTED if self.cfg.view_kinds == "fronted" else self.cfg.kinds
+        kind = [kinds[i] for i in self.data["object"].tolist()]
         names = view_names(self.data["elevation"], self.data["azimuth"], PromptConfig())
-        weights = torch.zeros(len(names))
-        for view in set(names):
-            mask = fronted & torch.tensor([n == view for n in names])
-            weights[mask] = 1.0 / max(int(mask.sum()), 1)
-        return weights  # not all zero: the config refuses a view stage without a fronted kind
+        cells = Counter(zip(kind, names))
+        per_kind = Counter(k for k, _ in cells)  # views a kind has
+        weights = [1.0 / (cells[k, n] * per_kind[k]) if k in drawn else 0.0 for k, n in zip(kind, names)]
+        return torch.tensor(weights)  # not all zero: the config refuses a view stage without a fronted kind
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -392,10 +401,10 @@ class PriorTrainer:
         index = torch.randint(0, len(self.data["images"]), (cfg.batch_size,), generator=self.generator)
         if self.step >= cfg.steps:  # the view stage: part of the batch from the kinds with a front, views balanced
             if self._view_weights is None:
-                self._view_weights = self._fronted_view_weights()
+                self._view_weights = self._view_stage_weights()
             n = round(cfg.batch_size * cfg.view_batch_share)
             index[:n] = torch.multinomial(self._view_weights, n, replacement=True, generator=self.generator)
-            always_view = FRONTED
+            always_view = FRONTED if cfg.view_kinds == "fronted" else cfg.kinds
         x0 = self.latents[index] if cfg.latent else self.data["images"][index].float() / 127.5 - 1.0
         texts = captions(self.data, index, cfg, self.generator, always_view)
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
