@@ -72,8 +72,8 @@ def main() -> None:
             "## Mesh export\n\n"
             f"`python benchmarks/export.py` on {machine()} ({result['threads']} threads), default settings "
             f"(resolution {config.resolution}, {config.views} carving views of {config.view_size} px, {config.votes} "
-            "votes). Silhouette IoU: mesh against splat render (alpha > 0.5), 8 views at 128 px; volume IoU: "
-            "against the true object, voxelised at 0.02.\n\n" + table,
+            f"votes, depth tolerance {config.depth_tolerance:g} cells). Silhouette IoU: mesh against splat render "
+            "(alpha > 0.5), 8 views at 128 px; volume IoU: against the true object, voxelised at 0.02.\n\n" + table,
         )
 
 

@@ -436,6 +436,13 @@ def export(
         help="Mesh: rendered opacity that counts as surface (0..1). Lower takes in faint, hazy Gaussians (fuller, "
         "more floaters); higher keeps the opaque core (thinner, holes where the scene is thin).",
     ),
+    depth_tolerance: float = typer.Option(
+        4.0,
+        "--depth-tolerance",
+        help="Mesh: cells behind the depth each carving view sees that it leaves solid (>= 0). More: the mesh "
+        "fills the splats' rendered silhouette; less: it stays nearer the Gaussians' centres (a thinner mesh, "
+        "closer to the solid under a hazy shell).",
+    ),
     faces: int = typer.Option(0, "--faces", help="Mesh: decimate to about this many faces; 0 keeps them all."),
     preview: Optional[Path] = typer.Option(
         None, "--preview", help="Mesh: also write a PNG of the splats (top) over the mesh (bottom), 4 views."
@@ -460,7 +467,8 @@ def export(
                 f"A mesh is written as {', '.join(MESH_FORMATS)}, named to match; {out.name!r} "
                 f"{'does not end in .' + kind if f'.{kind}' in MESH_FORMATS else 'has another extension'}."
             )
-        config = MeshConfig(resolution=resolution, threshold=threshold, faces=faces)  # checked before any work
+        config = MeshConfig(resolution=resolution, threshold=threshold, depth_tolerance=depth_tolerance, faces=faces)
+        # (MeshConfig checks them before any work)
     from splat3d.run.folder import load_scene
     from splat3d.scene.export import export_scene
 

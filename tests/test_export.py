@@ -129,10 +129,14 @@ def test_mesh_export_of_true_objects(tmp_path, capsys):
         mesh = extract_mesh(scene, MeshConfig(resolution=96))
         result = evaluate_mesh(mesh, scene, kind, views=4)
         assert result["watertight"], kind
-        # Measured at resolution 96: cube 0.9+ and 0.8+, torus 0.91 and 0.64 (thin: a rim costs it most).
-        assert result["silhouette_iou"] > 0.8 and result["volume_iou"] > 0.6, (kind, result)
+        # At resolution 128 (docs/benchmarks.md): silhouettes 0.95-0.98, volume cube 0.78, torus 0.56 -- the
+        # mesh follows the splats' alpha-0.5 silhouette, which reaches a Gaussian radius past the true solid.
+        assert result["silhouette_iou"] > 0.9 and result["volume_iou"] > 0.5, (kind, result)
         colour = mesh.visual.vertex_colors[:, :3].mean(0) / 255
         assert abs(colour - torch.tensor(COLOURS["green"]).numpy()).max() < 0.15, colour  # shading: a bit darker
+    # --depth-tolerance trades the two: less keeps the thin torus nearer its true solid, inside the silhouette.
+    near = evaluate_mesh(extract_mesh(scene, MeshConfig(resolution=96, depth_tolerance=1.0)), scene, kind, views=4)
+    assert near["volume_iou"] > result["volume_iou"] + 0.03 and near["silhouette_iou"] < result["silhouette_iou"]
 
     write_ply(make_object("red", "house"), tmp_path / "house.ply")
     code, out, err = run_cli(capsys, "export", tmp_path / "house.ply", "--format", "mesh", "--resolution", 48,
@@ -168,6 +172,7 @@ def test_export_bad_inputs_write_nothing(tmp_path, capsys):
         (("empty.ply", "--out", "e.glb"), "no Gaussians"),
         (("s.ply", "--format", "mesh", "--resolution", 8, "--out", "m.obj"), "--resolution 8 is out of range"),
         (("s.ply", "--format", "mesh", "--threshold", 1.5, "--out", "m.obj"), "--threshold"),
+        (("s.ply", "--format", "mesh", "--depth-tolerance", -1, "--out", "m.obj"), "--depth-tolerance -1.0 must be"),
         (("s.ply", "--format", "mesh", "--out", "m.splat"), "mesh is written as"),
         (("s.ply", "--out", "m.xyz"), "Cannot tell the format"),
         (("s.ply", "--out", "file/m.glb"), "Cannot write to"),
