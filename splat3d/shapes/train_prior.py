@@ -93,7 +93,8 @@ class PriorTrainConfig:
     view_kinds: str = "fronted"
     """Which kinds the view stage's share of each batch draws from, with their view always named: "fronted"
     (the house and the mug only) or "all" (every kind equally often, each kind's views equally often), so the
-    view phrase does not come to stand for the kinds with a front (what "fronted" did in 3D, docs/shapes.md)."""
+    view phrase does not come to stand for the kinds with a front (what "fronted" did in 3D, docs/shapes.md).
+    Through the stage the drawn kinds are never captioned plain, in any part of the batch (empty captions stay)."""
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
@@ -399,7 +400,7 @@ class PriorTrainer:
         cfg = self.cfg
         always_view = ()
         index = torch.randint(0, len(self.data["images"]), (cfg.batch_size,), generator=self.generator)
-        if self.step >= cfg.steps:  # the view stage: part of the batch from the kinds with a front, views balanced
+        if self.step >= cfg.steps:  # the view stage: part of the batch drawn as view_kinds says, views balanced
             if self._view_weights is None:
                 self._view_weights = self._view_stage_weights()
             n = round(cfg.batch_size * cfg.view_batch_share)
