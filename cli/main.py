@@ -467,8 +467,8 @@ def export(
                 f"A mesh is written as {', '.join(MESH_FORMATS)}, named to match; {out.name!r} "
                 f"{'does not end in .' + kind if f'.{kind}' in MESH_FORMATS else 'has another extension'}."
             )
+        # MeshConfig checks them before any work
         config = MeshConfig(resolution=resolution, threshold=threshold, depth_tolerance=depth_tolerance, faces=faces)
-        # (MeshConfig checks them before any work)
     from splat3d.run.folder import load_scene
     from splat3d.scene.export import export_scene
 
@@ -585,10 +585,12 @@ def prior_train(
     view_steps: Optional[int] = typer.Option(
         None, help="Steps of the last, view-weighted stage (default: the version's)."
     ),
-    view_kinds: str = typer.Option(
-        "fronted", help="Kinds the view stage draws from with the view named: fronted (house, mug) or all."
+    view_kinds: Optional[str] = typer.Option(
+        None, help="Kinds the view stage draws from, their view named: fronted (house, mug; the default) or all."
     ),
-    view_share: float = typer.Option(0.5, help="Share of each view-stage batch drawn as --view-kinds says."),
+    view_share: Optional[float] = typer.Option(
+        None, help="Share of each view-stage batch drawn as --view-kinds says (default 0.5)."
+    ),
     start_from: Optional[str] = typer.Option(
         None,
         "--from",
@@ -607,8 +609,8 @@ def prior_train(
     if version not in VERSIONS:
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
-    settings.update({"view_steps": view_steps} if view_steps is not None else {})
-    settings.update(view_kinds=view_kinds, view_batch_share=view_share)
+    given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share}
+    settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:
         from splat3d.distill.priors import builtin_priors

@@ -59,8 +59,8 @@ class MeshConfig:
     """Cells behind the depth a view sees that it does not carve. The depth is an alpha-weighted
     average, near the Gaussians' centres (deeper still in the hazy shells distillation makes); more
     tolerance puts the surface further out, towards the rendered silhouette (alpha 0.5 lies about one
-    Gaussian radius outside the centres), less keeps it nearer the centres. At 2 generated scenes' meshes
-    fell 0.08-0.22 inside their splats' silhouettes (docs/benchmarks.md, "Mesh export")."""
+    Gaussian radius outside the centres), less keeps it nearer the centres. At 2 the meshes of generated
+    scenes missed 15-22% of their splats' silhouettes (docs/benchmarks.md, "Mesh export")."""
     votes: int = 6
     """Views that must see through a cell to carve it: more forgive pinholes and noisy depth in
     hazy scenes, fewer carve narrow openings better."""

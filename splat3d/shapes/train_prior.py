@@ -100,7 +100,7 @@ class PriorTrainConfig:
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
             raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
         if self.view_steps < 0 or not 0.0 <= self.view_batch_share <= 1.0:
-            raise Splat3dError("--view-steps must be >= 0 and view_batch_share within 0..1.")
+            raise Splat3dError("--view-steps must be >= 0 and --view-share (view_batch_share) within 0..1.")
         if self.view_kinds not in ("fronted", "all"):
             raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
         if self.view_steps and not set(self.kinds) & set(FRONTED):
