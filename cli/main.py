@@ -591,6 +591,9 @@ def prior_train(
     view_share: Optional[float] = typer.Option(
         None, help="Share of each view-stage batch drawn as --view-kinds says (default 0.5)."
     ),
+    view_fronted_weight: Optional[float] = typer.Option(
+        None, help="With --view-kinds all: how much more often a kind with a front is drawn (default 1)."
+    ),
     start_from: Optional[str] = typer.Option(
         None,
         "--from",
@@ -609,7 +612,8 @@ def prior_train(
     if version not in VERSIONS:
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
-    given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share}
+    given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
+             "view_fronted_weight": view_fronted_weight}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:

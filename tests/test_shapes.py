@@ -275,6 +275,9 @@ def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
         assert weights[kind].sum() == pytest.approx(1.0)
         for v in per_view:
             assert weights[kind & torch.tensor([n == v for n in names])].sum() == pytest.approx(0.25)
+    trainer.cfg.view_fronted_weight = 3.0  # the house three times as often as the cube
+    weights = trainer._view_stage_weights()
+    assert weights[house].sum() == pytest.approx(3.0) and weights[~house].sum() == pytest.approx(1.0)
     everything = torch.arange(len(names))
     texts = captions(trainer.data, everything, cfg, torch.Generator().manual_seed(0), always_view=("house",))
     assert all(t.endswith(" view") == ("house" in t) for t in texts), "plain captions only for the cube"

@@ -95,6 +95,9 @@ class PriorTrainConfig:
     (the house and the mug only) or "all" (every kind equally often, each kind's views equally often), so the
     view phrase does not come to stand for the kinds with a front (what "fronted" did in 3D, docs/shapes.md).
     Through the stage the drawn kinds are never captioned plain, in any part of the batch (empty captions stay)."""
+    view_fronted_weight: float = 1.0
+    """With view_kinds "all": how much more often the view stage draws each kind with a front than each other
+    kind (1: all equally)."""
 
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
@@ -103,6 +106,8 @@ class PriorTrainConfig:
             raise Splat3dError("--view-steps must be >= 0 and --view-share (view_batch_share) within 0..1.")
         if self.view_kinds not in ("fronted", "all"):
             raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
+        if self.view_fronted_weight <= 0:
+            raise Splat3dError("--view-fronted-weight must be positive.")
         if self.view_steps and not set(self.kinds) & set(FRONTED):
             raise Splat3dError(f"--view-steps needs a kind with a front ({', '.join(FRONTED)}) among the kinds.")
         if self.latent and (self.vae_steps <= 0 or self.resolution % 4):
@@ -260,7 +265,8 @@ def _check_same_settings(
     the autoencoder's only until the UNet has begun to learn its latents)."""
     free = ("steps", "view_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps", "weights_dtype")
     free += () if unet_step else ("vae_steps",)
-    free += () if unet_step > cfg.steps else ("view_batch_share", "view_kinds")  # the view stage has not begun
+    if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
+        free += ("view_batch_share", "view_kinds", "view_fronted_weight")
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -385,15 +391,16 @@ class PriorTrainer:
 
     def _view_stage_weights(self) -> torch.Tensor:
         """Sampling weights over the dataset for the view stage: the kinds it draws from (``view_kinds``) equally
-        often, and within each kind its views equally often (the stratified cameras give sides twice the share
-        of fronts or backs)."""
+        often (a kind with a front ``view_fronted_weight`` times as often), and within each kind its views
+        equally often (the stratified cameras give sides twice the share of fronts or backs)."""
         kinds = [name.split()[-1] for name in self.data["objects"]]
         drawn = FRONTED if self.cfg.view_kinds == "fronted" else self.cfg.kinds
         kind = [kinds[i] for i in self.data["object"].tolist()]
         names = view_names(self.data["elevation"], self.data["azimuth"], PromptConfig())
         cells = Counter(zip(kind, names))
         per_kind = Counter(k for k, _ in cells)  # views a kind has
-        weights = [1.0 / (cells[k, n] * per_kind[k]) if k in drawn else 0.0 for k, n in zip(kind, names)]
+        weight = {k: (self.cfg.view_fronted_weight if k in FRONTED else 1.0) if k in drawn else 0.0 for k in per_kind}
+        weights = [weight[k] / (cells[k, n] * per_kind[k]) for k, n in zip(kind, names)]
         return torch.tensor(weights)  # not all zero: the config refuses a view stage without a fronted kind
 
     def train_step(self) -> float:
