@@ -99,6 +99,11 @@ class PriorTrainConfig:
     """With view_kinds "all": how much more often the view stage draws each kind with a front than each other
     kind (1: all equally)."""
 
+    @property
+    def view_stage_kinds(self) -> tuple:
+        """The kinds the view stage draws, and never captions plain."""
+        return FRONTED if self.view_kinds == "fronted" else self.kinds
+
     def __post_init__(self):
         if self.steps <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
             raise Splat3dError("--steps, --batch-size and --checkpoint-every must be positive.")
@@ -394,7 +399,7 @@ class PriorTrainer:
         often (a kind with a front ``view_fronted_weight`` times as often), and within each kind its views
         equally often (the stratified cameras give sides twice the share of fronts or backs)."""
         kinds = [name.split()[-1] for name in self.data["objects"]]
-        drawn = FRONTED if self.cfg.view_kinds == "fronted" else self.cfg.kinds
+        drawn = self.cfg.view_stage_kinds
         kind = [kinds[i] for i in self.data["object"].tolist()]
         names = view_names(self.data["elevation"], self.data["azimuth"], PromptConfig())
         cells = Counter(zip(kind, names))
@@ -412,7 +417,7 @@ class PriorTrainer:
                 self._view_weights = self._view_stage_weights()
             n = round(cfg.batch_size * cfg.view_batch_share)
             index[:n] = torch.multinomial(self._view_weights, n, replacement=True, generator=self.generator)
-            always_view = FRONTED if cfg.view_kinds == "fronted" else cfg.kinds
+            always_view = cfg.view_stage_kinds
         x0 = self.latents[index] if cfg.latent else self.data["images"][index].float() / 127.5 - 1.0
         texts = captions(self.data, index, cfg, self.generator, always_view)
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
