@@ -23,6 +23,26 @@ def check_sampling(prompts: list[str], steps: int, eta: float | None) -> None:
         raise Splat3dError(f"--eta must be between 0 and 1, not {eta}.")
 
 
+# The camera a prior that takes cameras is given for a prompt's view phrase in 2D: the middle of the prompt
+# processor's range for that view, at the evaluator's ring elevation for the rest (degrees: elevation, azimuth).
+VIEW_CAMERAS = {"front": (15.0, 0.0), "side": (15.0, 90.0), "back": (15.0, 180.0), "overhead": (75.0, 0.0)}
+
+
+def view_cameras(prompts: list[str]) -> Tensor:
+    """Flattened camera-to-world matrices [N, 16] for the prompts' view phrases (VIEW_CAMERAS); zeros (no
+    camera) for a prompt without one."""
+    from splat3d.distill.prompts import split_view
+    from splat3d.render.cameras import orbit_cameras
+
+    out = torch.zeros(len(prompts), 16)
+    for i, prompt in enumerate(prompts):
+        view = split_view(prompt)[1]
+        if view is not None:
+            elevation, azimuth = VIEW_CAMERAS[view]
+            out[i] = orbit_cameras(elevation, azimuth, 3.0, 40.0, 8, 8).c2w.reshape(16)
+    return out
+
+
 def sample_images(
     prior,
     prompts: list[str],
@@ -68,9 +88,11 @@ def sample_images(
     if view_guidance_scale is not None:
         texts.append([split_view(p)[0] for p in prompts])  # prompts without a view phrase: their own plain
     text = torch.cat([prior.encode_text(x) for x in texts])
+    # A prior that takes cameras gets the prompt's view as a camera, in every branch alike (ignored otherwise).
+    cameras = view_cameras(prompts).to(prior.device).repeat(len(texts), 1)
     for t in scheduler.timesteps:
         t_batch = t.to(prior.device).expand(len(texts) * n)
-        out = prior.unet_output(torch.cat([z] * len(texts)), t_batch, text).chunk(len(texts))
+        out = prior.unet_output(torch.cat([z] * len(texts)), t_batch, text, cameras).chunk(len(texts))
         # CFG on the raw output is the same for epsilon and v prediction (both are linear in it).
         if view_guidance_scale is None:
             guided = out[1] + guidance_scale * (out[0] - out[1])

@@ -28,7 +28,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from splat3d.distill.prompts import PromptConfig, view_names, view_prompt
+from splat3d.distill.priors import CAMERA_FEATURES, camera_features
+from splat3d.distill.prompts import PromptConfig, split_view, view_names, view_prompt
 from splat3d.errors import Splat3dError
 from splat3d.render import render
 from splat3d.render.cameras import CameraConfig, CameraSampler
@@ -98,6 +99,15 @@ class PriorTrainConfig:
     view_fronted_weight: float = 1.0
     """With view_kinds "all": how much more often the view stage draws each kind with a front than each other
     kind (1: all equally)."""
+    camera_condition: bool = False
+    """The UNet also takes the camera (MVDream's way: splat3d.distill.priors.camera_features through a diffusers
+    "projection" class embedding, added to the time embedding; zero-initialised, so a prior started --from one
+    without it begins exactly as that prior). Distillation gives it each render's camera. With it, the view
+    stage teaches the view through the camera alone: the images it draws are captioned without a view phrase,
+    so no phrase can come to stand for the kinds with a front."""
+    camera_drop: float = 0.1
+    """With camera_condition: the share of training images given no camera (zeros), which 2D sampling of a
+    prompt without a view phrase asks for."""
 
     @property
     def view_stage_kinds(self) -> tuple:
@@ -111,6 +121,8 @@ class PriorTrainConfig:
             raise Splat3dError("--view-steps must be >= 0 and --view-share (view_batch_share) within 0..1.")
         if self.view_kinds not in ("fronted", "all"):
             raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
+        if not 0.0 <= self.camera_drop <= 1.0:
+            raise Splat3dError("camera_drop must be within 0..1.")
         if self.view_fronted_weight <= 0:
             raise Splat3dError("--view-fronted-weight must be positive.")
         if self.view_steps and not set(self.kinds) & set(FRONTED):
@@ -238,7 +250,12 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         # Attention only below the highest resolution: it dominates CPU cost there.
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
+           if cfg.camera_condition else {}),
     )  # fmt: skip
+    if cfg.camera_condition:  # starts as no camera at all
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
     # Samplers clip the predicted x0 to [-1, 1] by default: right for pixels, wrong for latents (unit variance,
     # so clipping bends colours: v2 drew orange for red and green for blue until this was off). As in SD.
     scheduler = DDPMScheduler(
@@ -271,7 +288,7 @@ def _check_same_settings(
     free = ("steps", "view_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps", "weights_dtype")
     free += () if unet_step else ("vae_steps",)
     if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
-        free += ("view_batch_share", "view_kinds", "view_fronted_weight")
+        free += ("view_batch_share", "view_kinds", "view_fronted_weight", "camera_condition", "camera_drop")
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -350,7 +367,10 @@ class PriorTrainer:
             "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32),
         }
         for name, module in weights.items():
-            self.modules[name].load_state_dict(module.state_dict())
+            missing, unexpected = self.modules[name].load_state_dict(module.state_dict(), strict=False)
+            # a camera embedding the exported prior lacks keeps its zero start: the prior as it was
+            if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+                raise Splat3dError(f"{folder} holds a {name} of another layout; start from a prior of this version.")
         self.ema.load_state_dict(self.modules.state_dict())
         if self.cfg.latent:
             self.vae.load_state_dict(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
@@ -417,15 +437,21 @@ class PriorTrainer:
                 self._view_weights = self._view_stage_weights()
             n = round(cfg.batch_size * cfg.view_batch_share)
             index[:n] = torch.multinomial(self._view_weights, n, replacement=True, generator=self.generator)
-            always_view = cfg.view_stage_kinds
+            always_view = () if cfg.camera_condition else cfg.view_stage_kinds
         x0 = self.latents[index] if cfg.latent else self.data["images"][index].float() / 127.5 - 1.0
         texts = captions(self.data, index, cfg, self.generator, always_view)
+        if self.step >= cfg.steps and cfg.camera_condition:  # the drawn images learn the view from the camera
+            texts[:n] = [split_view(text)[0] for text in texts[:n]]
         tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids  # fmt: skip
         noise = torch.randn(x0.shape, generator=self.generator)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=self.generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        pred = self.unet(x_t, t, encoder_hidden_states=self.text_encoder(tokens)[0]).sample
+        labels = None
+        if cfg.camera_condition:
+            keep = torch.rand(cfg.batch_size, generator=self.generator) >= cfg.camera_drop
+            labels = camera_features(self.data["elevation"][index], self.data["azimuth"][index]) * keep[:, None]
+        pred = self.unet(x_t, t, encoder_hidden_states=self.text_encoder(tokens)[0], class_labels=labels).sample
         loss = F.mse_loss(pred, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -140,9 +140,9 @@ def target_loss(z: Tensor, grad: Tensor) -> Tensor:
 def pretrained_eps(
     prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
     negative: Tensor | None = None, negative_weight: Tensor | None = None,
-    plain: Tensor | None = None, view_scale: float | None = None,
+    plain: Tensor | None = None, view_scale: float | None = None, camera: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
-    """The frozen prior's noise prediction with CFG (adapters and camera off).
+    """The frozen prior's noise prediction with CFG (adapters and the LoRA's camera off).
 
     With ``negative`` [B, L, D] and ``negative_weight`` [B] it is Perp-Neg (Armandpour et al. 2023, as
     threestudio applies it to 3D): of the negative prompt's guidance direction only the part perpendicular
@@ -156,20 +156,25 @@ def pretrained_eps(
 
     Only rows with a non-zero weight pay for Perp-Neg's extra prediction; without any, and without a view
     scale, the call is plain CFG.
+
+    ``camera`` [B, 16] (flattened camera-to-world) reaches a prior whose UNet takes the camera, in every
+    branch alike (the unconditional one too, as MVDream guides); other priors ignore it.
     """
     if view_scale is not None and plain is not None and view_scale != scale:
-        return _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale)
+        return _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale, camera)
     if negative_weight is None or not bool(negative_weight.any()):
         # Exactly the plain CFG batch: concatenating even an empty extra row changed the batch's memory
         # layout and with it the kernels' rounding (tests/test_pinned_outputs.py caught it).
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat([cond, uncond])), x2, t2)
+        cams = None if camera is None else torch.cat([camera, camera])
+        eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat([cond, uncond]), cams), x2, t2)
         eps_cond, eps_uncond = eps.chunk(2)
         return classifier_free_guidance(eps_uncond, eps_cond, scale)
     b = x_t.shape[0]
     rows = negative_weight.nonzero()[:, 0].to(x_t.device)
     x, tt = torch.cat([x_t, x_t, x_t[rows]]), torch.cat([t, t, t[rows]])
-    eps = prior.to_epsilon(prior.unet_output(x, tt, torch.cat([cond, uncond, negative[rows]])), x, tt)
+    cams = None if camera is None else torch.cat([camera, camera, camera[rows]])
+    eps = prior.to_epsilon(prior.unet_output(x, tt, torch.cat([cond, uncond, negative[rows]]), cams), x, tt)
     eps_cond, eps_uncond, eps_negative = eps[:b], eps[b : 2 * b], eps[2 * b :]
     e_pos = eps_cond - eps_uncond
     push = negative_weight.to(e_pos)[rows].reshape(-1, 1, 1, 1)
@@ -177,7 +182,7 @@ def pretrained_eps(
     return eps_uncond + scale * e_pos
 
 
-def _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale) -> Tensor:
+def _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale, camera) -> Tensor:
     """pretrained_eps with a view scale: one batch of cond, uncond, plain (and Perp-Neg's rows)."""
     b = x_t.shape[0]
     rows = (
@@ -187,7 +192,8 @@ def _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight,
     )
     texts = [cond, uncond, plain] + ([negative[rows]] if len(rows) else [])
     x, tt = torch.cat([x_t] * 3 + [x_t[rows]]), torch.cat([t] * 3 + [t[rows]])
-    eps = prior.to_epsilon(prior.unet_output(x, tt, torch.cat(texts)), x, tt)
+    cams = None if camera is None else torch.cat([camera] * 3 + [camera[rows]])
+    eps = prior.to_epsilon(prior.unet_output(x, tt, torch.cat(texts), cams), x, tt)
     eps_cond, eps_uncond, eps_plain = eps[:b], eps[b : 2 * b], eps[2 * b : 3 * b]
     e_pos = (eps_plain - eps_uncond) + (view_scale / scale) * (eps_cond - eps_plain)
     if len(rows):
@@ -292,11 +298,11 @@ class Guidance:
             by_view = {"side": cfg.perp_neg_side, "back": cfg.perp_neg_back}
             weight = torch.tensor([by_view.get(v, 0.0) for v in self.prompt.views(elevation, azimuth)])
             negative = self.prompt.view("front", b)
+        camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
         eps_pre = pretrained_eps(
             prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
-            cfg.guidance_scale, negative, weight, self.prompt.plain(b), cfg.view_guidance_scale,
+            cfg.guidance_scale, negative, weight, self.prompt.plain(b), cfg.view_guidance_scale, camera,
         )  # fmt: skip
-        camera = cameras.c2w.reshape(b, 16).to(prior.device, prior.compute_dtype)
         return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera, pixels)
 
     def output(self, inputs: StepInputs, eps_target: Tensor, **logs) -> GuidanceOutput:

@@ -57,6 +57,20 @@ def forward_ad_kernels():
         torch.nn.functional.group_norm = original
 
 
+class _CameraSum(torch.nn.Module):
+    """The class embedding inside the LoRA branch of a prior whose UNet takes the camera itself: the prior's
+    own camera embedding (frozen) plus the LoRA's, on labels [B, CAMERA_FEATURES + 16] = (the prior's camera
+    features, the flattened camera-to-world matrix)."""
+
+    def __init__(self, prior_embedding: torch.nn.Module, lora_embedding: torch.nn.Module, split: int):
+        super().__init__()
+        self.prior, self.lora, self.split = prior_embedding, lora_embedding, split
+
+    def forward(self, labels: Tensor) -> Tensor:
+        own = self.prior(labels[:, : self.split].to(self.prior.linear_1.weight.dtype))
+        return own.to(labels.dtype) + self.lora(labels[:, self.split :])
+
+
 class LoRAScoreModel:
     """eps_phi: the prior's UNet with a LoRA and a camera embedding switched on.
 
@@ -69,7 +83,9 @@ class LoRAScoreModel:
         from peft import LoraConfig
 
         unet = prior.unet
-        assert getattr(unet, "class_embedding", None) is None, "the prior's UNet already has a class embedding"
+        # A prior that takes the camera itself keeps its own camera embedding; the LoRA's adds to it.
+        self.prior_embedding = getattr(unet, "class_embedding", None)
+        assert self.prior_embedding is None or prior.camera_conditioned, "the prior's UNet has a class embedding"
         assert not getattr(unet, "_hf_peft_config_loaded", False), "the prior's UNet already carries an adapter"
         self.prior = prior
         self.camera_scale = camera_scale
@@ -96,8 +112,15 @@ class LoRAScoreModel:
                 p.data = p.data.to(self.param_dtype)
                 p.requires_grad_(True)
                 self.params[name] = p
+        self.branch_embedding = self.camera_embedding
+        prefix = "class_embedding."
+        if self.prior_embedding is not None:
+            from splat3d.distill.priors import CAMERA_FEATURES
+
+            self.branch_embedding = _CameraSum(self.prior_embedding, self.camera_embedding, CAMERA_FEATURES)
+            prefix = "class_embedding.lora."
         for name, p in self.camera_embedding.named_parameters():
-            self.params[f"class_embedding.{name}"] = p
+            self.params[prefix + name] = p
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=lr)
 
     @contextmanager
@@ -107,12 +130,19 @@ class LoRAScoreModel:
         # peft's disable_adapters() also turns requires_grad off; turn it back on.
         for p in self.params.values():
             p.requires_grad_(True)
-        unet.class_embedding = self.camera_embedding
+        unet.class_embedding = self.branch_embedding
         try:
             yield
         finally:
-            unet.class_embedding = None
+            unet.class_embedding = self.prior_embedding
             unet.disable_adapters()
+
+    def _labels(self, camera: Tensor) -> Tensor:
+        """The UNet's class labels inside the branch for cameras [B, 16] (zero rows: dropped cameras)."""
+        camera = camera.to(self.param_dtype)
+        if self.prior_embedding is None:
+            return camera
+        return torch.cat([self.prior.camera_labels(camera, len(camera)).to(self.param_dtype), camera], dim=1)
 
     # ------------------------------------------------------------ forward
     def _call(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None = None) -> Tensor:
@@ -132,7 +162,7 @@ class LoRAScoreModel:
     def _predict(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None) -> Tensor:
         prior = self.prior
         args = (x_t.to(prior.dtype), t)
-        kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=camera.to(self.param_dtype))
+        kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=self._labels(camera))
         # A half-precision prior on CUDA runs its LoRA branch under autocast: there
         # forward-mode AD otherwise hands float32 activations to half weights.
         half_cuda = prior.device.type == "cuda" and prior.dtype in (torch.float16, torch.bfloat16)
@@ -182,12 +212,12 @@ class LoRAScoreModel:
         z = z.detach()
         x_t = self.prior.add_noise(z, draw.noise_lora, draw.t_lora)
         target = self.prior.training_target(z, draw.noise_lora, draw.t_lora)
-        camera = (camera * draw.camera_keep).to(self.param_dtype)
+        camera = camera * draw.camera_keep
         out = self.prior.unet(
             x_t.to(self.prior.dtype),
             draw.t_lora,
             encoder_hidden_states=text.to(self.prior.dtype),
-            class_labels=camera,
+            class_labels=self._labels(camera),
         ).sample
         return torch.nn.functional.mse_loss(out.to(self.param_dtype), target)
 

