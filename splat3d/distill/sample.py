@@ -88,8 +88,8 @@ def sample_images(
     if view_guidance_scale is not None:
         texts.append([split_view(p)[0] for p in prompts])  # prompts without a view phrase: their own plain
     text = torch.cat([prior.encode_text(x) for x in texts])
-    # A prior that takes cameras gets the prompt's view as a camera, in every branch alike (ignored otherwise).
-    cameras = view_cameras(prompts).to(prior.device).repeat(len(texts), 1)
+    # A prior that takes cameras gets the prompt's view as a camera, in every branch alike.
+    cameras = view_cameras(prompts).to(prior.device).repeat(len(texts), 1) if prior.camera_conditioned else None
     for t in scheduler.timesteps:
         t_batch = t.to(prior.device).expand(len(texts) * n)
         out = prior.unet_output(torch.cat([z] * len(texts)), t_batch, text, cameras).chunk(len(texts))
