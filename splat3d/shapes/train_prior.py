@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from splat3d.distill.priors import CAMERA_FEATURES, camera_features
+from splat3d.distill.priors import CAMERA_UNET_CONFIG, camera_features
 from splat3d.distill.prompts import PromptConfig, split_view, view_names, view_prompt
 from splat3d.errors import Splat3dError
 from splat3d.render import render
@@ -250,8 +250,7 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         # Attention only below the highest resolution: it dominates CPU cost there.
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
-           if cfg.camera_condition else {}),
+        **(CAMERA_UNET_CONFIG if cfg.camera_condition else {}),
     )  # fmt: skip
     if cfg.camera_condition:  # starts as no camera at all
         torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)

@@ -37,6 +37,8 @@ CPU_DEFAULT_MODEL = "shapes"
 # time embedding), so the view need not come only through words that also name the object. Its UNet has a
 # diffusers "projection" class embedding over these features; Stable Diffusion has none and gets none.
 CAMERA_FEATURES = 7
+# The UNet2DConditionModel settings that give a UNet that camera embedding.
+CAMERA_UNET_CONFIG = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
 
 
 def camera_features(elevation: Tensor, azimuth: Tensor) -> Tensor:
@@ -193,10 +195,7 @@ class DiffusionPrior:
     @property
     def camera_conditioned(self) -> bool:
         """Whether the UNet itself takes the camera (camera_features as its class labels)."""
-        config = self.unet.config
-        return getattr(config, "class_embed_type", None) == "projection" and (
-            getattr(config, "projection_class_embeddings_input_dim", None) == CAMERA_FEATURES
-        )
+        return all(getattr(self.unet.config, k, None) == v for k, v in CAMERA_UNET_CONFIG.items())
 
     def camera_labels(self, camera: Tensor | None, batch: int) -> Tensor | None:
         """The UNet's class labels for flattened camera-to-world matrices [B, 16] (None: no camera), or None

@@ -104,7 +104,7 @@ def make_tiny_prior(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from splat3d.distill.priors import CAMERA_FEATURES
+    from splat3d.distill.priors import CAMERA_UNET_CONFIG
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -138,11 +138,7 @@ def make_tiny_prior(
         cross_attention_dim=32,
         norm_num_groups=8,
         attention_head_dim=8,
-        **(
-            {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
-            if camera
-            else {}
-        ),  # fmt: skip
+        **(CAMERA_UNET_CONFIG if camera else {}),
     )
     unet.save_pretrained(folder / "unet")
     DDPMScheduler(
