@@ -600,6 +600,9 @@ def prior_train(
         help="The UNet also takes the camera (added to its time embedding, as MVDream does); the view stage's "
         "drawn images then learn their view from it, captioned without a view phrase (default: the version's).",
     ),
+    camera_lr: Optional[float] = typer.Option(
+        None, help="With --camera: the learning rate of the new camera embedding (default 3e-3; the UNet's is 3e-4)."
+    ),
     start_from: Optional[str] = typer.Option(
         None,
         "--from",
@@ -619,7 +622,7 @@ def prior_train(
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
-             "view_fronted_weight": view_fronted_weight, "camera_condition": camera}  # fmt: skip
+             "view_fronted_weight": view_fronted_weight, "camera_condition": camera, "camera_lr": camera_lr}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:

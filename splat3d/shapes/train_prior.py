@@ -108,6 +108,11 @@ class PriorTrainConfig:
     camera_drop: float = 0.1
     """With camera_condition: the share of training images given no camera (zeros), which 2D sampling of a
     prompt without a view phrase asks for."""
+    camera_lr: float = 3e-3
+    """With camera_condition: the learning rate of the camera embedding (the rest of the UNet keeps ``lr``). It
+    starts at zero and has one short stage to grow: at ``lr`` (3e-4) 1,000 steps left its output layer at a
+    weight norm of 0.67 against the time embedding's 9.4, and 2D samples of the same noise came out in the same
+    view whatever camera they were given (docs/shapes.md)."""
 
     @property
     def view_stage_kinds(self) -> tuple:
@@ -123,6 +128,8 @@ class PriorTrainConfig:
             raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
         if not 0.0 <= self.camera_drop <= 1.0:
             raise Splat3dError("camera_drop must be within 0..1.")
+        if self.camera_lr <= 0:
+            raise Splat3dError("--camera-lr must be positive.")
         if self.view_fronted_weight <= 0:
             raise Splat3dError("--view-fronted-weight must be positive.")
         if self.view_steps and not set(self.kinds) & set(FRONTED):
@@ -287,7 +294,8 @@ def _check_same_settings(
     free = ("steps", "view_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps", "weights_dtype")
     free += () if unet_step else ("vae_steps",)
     if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
-        free += ("view_batch_share", "view_kinds", "view_fronted_weight", "camera_condition", "camera_drop")
+        free += ("view_batch_share", "view_kinds", "view_fronted_weight", "camera_condition", "camera_drop",
+                 "camera_lr")
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -333,7 +341,11 @@ class PriorTrainer:
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
         self.modules = torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
         self.ema = copy.deepcopy(self.modules).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=cfg.lr)
+        camera = {id(p) for p in self.unet.class_embedding.parameters()} if cfg.camera_condition else set()
+        self.optimizer = torch.optim.AdamW([
+            {"params": [p for p in self.modules.parameters() if id(p) not in camera]},
+            *([{"params": list(self.unet.class_embedding.parameters()), "lr": cfg.camera_lr}] if camera else []),
+        ], lr=cfg.lr)  # fmt: skip
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0  # UNet steps
         self.vae_step = 0
