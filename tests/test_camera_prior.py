@@ -115,6 +115,11 @@ def test_camera_stage_starts_as_its_prior_and_teaches_the_view_through_the_camer
     source = PriorTrainer(TINY, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
     cfg = dataclasses.replace(TINY, view_steps=2, camera_condition=True)
     trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None, start_from=source)
+    # the new embedding learns at its own rate, the rest at the UNet's
+    camera = {id(p) for p in trainer.unet.class_embedding.parameters()}
+    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert len(rates) == len(list(trainer.modules.parameters()))
+    assert all(rates[i] == (cfg.camera_lr if i in camera else cfg.lr) for i in rates) and cfg.camera_lr != cfg.lr
     # the new camera embedding starts at zero: the prior as it was, whatever the camera
     old = load_prior(source, device="cpu")
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([300, 700])
@@ -140,3 +145,13 @@ def test_camera_stage_starts_as_its_prior_and_teaches_the_view_through_the_camer
     assert all(c.shape == (8, 7) and (c[:, 0] == 1).sum() >= 4 for c in calls)  # cameras, a few dropped at most
     prior = load_prior(folder, device="cpu")
     assert prior.camera_conditioned and prior.unet.class_embedding.linear_2.weight.abs().sum() > 0
+    # the embedding's EMA warms up from the stage's start, not from the prior's step count
+    assert trainer.camera_start == TINY.steps
+    trainer.step = trainer.camera_start = 10_000
+    trainer.cfg = dataclasses.replace(cfg, view_steps=20_000, ema_decay=0.999)
+    before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+    trainer.train_step()
+    raw, ema = trainer.modules.state_dict(), trainer.ema.state_dict()
+    for name, decay in (("unet.class_embedding.linear_2.weight", 0.1), ("unet.conv_in.weight", 0.999)):
+        torch.testing.assert_close(ema[name], decay * before[name] + (1 - decay) * raw[name])
+    assert torch.load(trainer.save(), weights_only=False)["camera_start"] == 10_000  # a resume keeps it

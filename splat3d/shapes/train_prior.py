@@ -353,6 +353,7 @@ class PriorTrainer:
         self.vae_optimizer = torch.optim.AdamW(self.vae.parameters(), lr=cfg.vae_lr) if cfg.latent else None
         self.latents = None  # the dataset encoded by the trained VAE, times its scaling factor
         self._view_weights = None
+        self.camera_start = 0  # the UNet step at which the camera embedding joined (its EMA warms up from there)
         if start is not None:
             self._load_exported(Path(start_from), start["trained_steps"])
         if state is not None:
@@ -362,6 +363,7 @@ class PriorTrainer:
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.step = state.get("unet_step", state["step"])
+            self.camera_start = state.get("camera_start", 0)
             if cfg.latent:
                 self.vae.load_state_dict(state["vae"])
                 self.vae_optimizer.load_state_dict(state["vae_optimizer"])
@@ -382,6 +384,8 @@ class PriorTrainer:
             # a camera embedding the exported prior lacks keeps its zero start: the prior as it was
             if unexpected or any(not k.startswith("class_embedding.") for k in missing):
                 raise Splat3dError(f"{folder} holds a {name} of another layout; start from a prior of this version.")
+            if missing:
+                self.camera_start = trained_steps
         self.ema.load_state_dict(self.modules.state_dict())
         if self.cfg.latent:
             self.vae.load_state_dict(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
@@ -469,9 +473,13 @@ class PriorTrainer:
         torch.nn.utils.clip_grad_norm_(self.modules.parameters(), 1.0)
         self.optimizer.step()
         with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
-            for e, p in zip(self.ema.parameters(), self.modules.parameters()):
-                e.lerp_(p, 1 - decay)
+            # A camera embedding added by a --from stage warms its EMA up from that stage's start, as a new
+            # module's should: at the prior's step count its EMA (decay 0.999) would lag ~1,000 steps behind a
+            # weight that is still growing, most of a short stage.
+            ema_decay = lambda k: min(cfg.ema_decay, (1 + k) / (10 + k))  # noqa: E731
+            decay, camera_decay = ema_decay(self.step), ema_decay(self.step - self.camera_start)
+            for (name, e), p in zip(self.ema.named_parameters(), self.modules.parameters()):
+                e.lerp_(p, 1 - (camera_decay if name.startswith("unet.class_embedding.") else decay))
         self.step += 1
         return loss.item()
 
@@ -482,7 +490,8 @@ class PriorTrainer:
 
     def save(self) -> Path:
         state = {
-            "step": self.total_step, "unet_step": self.step, "config": json.dumps(asdict(self.cfg)),
+            "step": self.total_step, "unet_step": self.step, "camera_start": self.camera_start,
+            "config": json.dumps(asdict(self.cfg)),
             "modules": self.modules.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
