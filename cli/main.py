@@ -622,7 +622,8 @@ def prior_train(
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
-             "view_fronted_weight": view_fronted_weight, "camera_condition": camera, "camera_lr": camera_lr}  # fmt: skip
+             "view_fronted_weight": view_fronted_weight, "camera_condition": camera,
+             "camera_lr": camera_lr}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:
