@@ -295,7 +295,7 @@ def _check_same_settings(
     free += () if unet_step else ("vae_steps",)
     if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
         free += ("view_batch_share", "view_kinds", "view_fronted_weight", "camera_condition", "camera_drop",
-                 "camera_lr")
+                 "camera_lr")  # fmt: skip
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
