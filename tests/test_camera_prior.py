@@ -102,6 +102,11 @@ def test_2d_samples_ask_for_the_view_of_their_phrase(camera_prior):
     images = sample_images(prior, ["a red cube, back view", "a red cube"], steps=2)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert all(torch.equal(c, torch.cat([view_cameras(["a red cube, back view", "a red cube"])] * 2)) for c in seen)
+    # or the cameras it is given, whatever the phrase says
+    seen.clear()
+    given = view_cameras(["a red cube, side view", "a red cube, front view"])
+    sample_images(prior, ["a red cube, back view", "a red cube"], steps=2, cameras=given)
+    assert seen and all(torch.equal(c, torch.cat([given] * 2)) for c in seen)
 
 
 TINY = PriorTrainConfig(

@@ -53,6 +53,7 @@ def sample_images(
     progress=None,
     eta: float | None = None,
     view_guidance_scale: float | None = None,
+    cameras: Tensor | None = None,
 ) -> Tensor:
     """Images [N, 3, H, W] in [0, 1], one per prompt.
 
@@ -65,6 +66,9 @@ def sample_images(
     small prior's view conditioning is weak next to its object conditioning, and a larger s_v makes the
     asked view come out without pushing colours and kinds further. None takes what the prior recommends
     (`prior.sample_view_guidance_scale`; None there: plain CFG).
+
+    cameras [N, 16] (flattened camera-to-world): what a prior that takes cameras is given, one per prompt
+    (default: each prompt's view phrase's camera, VIEW_CAMERAS); ignored by other priors.
     """
     from diffusers import DDIMScheduler
 
@@ -89,7 +93,10 @@ def sample_images(
         texts.append([split_view(p)[0] for p in prompts])  # prompts without a view phrase: their own plain
     text = torch.cat([prior.encode_text(x) for x in texts])
     # A prior that takes cameras gets the prompt's view as a camera, in every branch alike.
-    cameras = view_cameras(prompts).to(prior.device).repeat(len(texts), 1) if prior.camera_conditioned else None
+    if prior.camera_conditioned:
+        cameras = (view_cameras(prompts) if cameras is None else cameras).to(prior.device).repeat(len(texts), 1)
+    else:
+        cameras = None
     for t in scheduler.timesteps:
         t_batch = t.to(prior.device).expand(len(texts) * n)
         out = prior.unet_output(torch.cat([z] * len(texts)), t_batch, text, cameras).chunk(len(texts))
