@@ -341,11 +341,10 @@ class PriorTrainer:
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
         self.modules = torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
         self.ema = copy.deepcopy(self.modules).requires_grad_(False)
-        camera = {id(p) for p in self.unet.class_embedding.parameters()} if cfg.camera_condition else set()
-        self.optimizer = torch.optim.AdamW([
-            {"params": [p for p in self.modules.parameters() if id(p) not in camera]},
-            *([{"params": list(self.unet.class_embedding.parameters()), "lr": cfg.camera_lr}] if camera else []),
-        ], lr=cfg.lr)  # fmt: skip
+        camera = list(self.unet.class_embedding.parameters()) if cfg.camera_condition else []
+        rest = [p for p in self.modules.parameters() if all(p is not c for c in camera)]
+        groups = [{"params": rest}] + ([{"params": camera, "lr": cfg.camera_lr}] if camera else [])
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0  # UNet steps
         self.vae_step = 0
