@@ -39,8 +39,7 @@ def main() -> None:
 
     from splat3d.distill.priors import load_prior
     from splat3d.distill.prompts import VIEWS
-    from splat3d.distill.sample import sample_images
-    from splat3d.render.cameras import orbit_cameras
+    from splat3d.distill.sample import orbit_c2w, sample_images
     from splat3d.shapes.evaluate import load_classifier
 
     prior = load_prior(args.model, "cpu")
@@ -50,7 +49,7 @@ def main() -> None:
     n, rows, t0 = args.samples, [], time.perf_counter()
     for prompt in PROMPTS:
         for view, azimuth in CAMERAS:
-            c2w = orbit_cameras(torch.full((n,), 15.0), torch.full((n,), azimuth), 3.0, 40.0, 8, 8).c2w.reshape(n, 16)
+            c2w = orbit_c2w(torch.full((n,), 15.0), torch.full((n,), azimuth))
             images = sample_images(prior, [prompt] * n, args.steps, seed=args.seed, cameras=c2w)  # same noise
             with torch.no_grad():
                 seen = [VIEWS[i] for i in classifier(images)["view"].argmax(1).tolist()]
@@ -62,8 +61,7 @@ def main() -> None:
     size, channels = int(prior.unet.config.sample_size), int(prior.unet.config.in_channels)
     x = torch.randn(8, channels, size, size, generator=g)
     text = prior.encode_text([PROMPTS[i % len(PROMPTS)] for i in range(8)])
-    front, back = (orbit_cameras(torch.full((8,), 15.0), torch.full((8,), az), 3.0, 40.0, 8, 8).c2w.reshape(8, 16)
-                   for az in (0.0, 180.0))  # fmt: skip
+    front, back = (orbit_c2w(torch.full((8,), 15.0), torch.full((8,), az)) for az in (0.0, 180.0))
     moved = {}
     with torch.no_grad():
         for t in (900, 500, 100):

@@ -28,18 +28,24 @@ def check_sampling(prompts: list[str], steps: int, eta: float | None) -> None:
 VIEW_CAMERAS = {"front": (15.0, 0.0), "side": (15.0, 90.0), "back": (15.0, 180.0), "overhead": (75.0, 0.0)}
 
 
+def orbit_c2w(elevation: Tensor, azimuth: Tensor) -> Tensor:
+    """Flattened camera-to-world matrices [N, 16] of orbit cameras looking at the origin (degrees; a camera
+    prior reads only their direction, so radius, field of view and size are placeholders)."""
+    from splat3d.render.cameras import orbit_cameras
+
+    return orbit_cameras(elevation, azimuth, 3.0, 40.0, 8, 8).c2w.reshape(-1, 16)
+
+
 def view_cameras(prompts: list[str]) -> Tensor:
     """Flattened camera-to-world matrices [N, 16] for the prompts' view phrases (VIEW_CAMERAS); zeros (no
     camera) for a prompt without one."""
     from splat3d.distill.prompts import split_view
-    from splat3d.render.cameras import orbit_cameras
 
     out = torch.zeros(len(prompts), 16)
     for i, prompt in enumerate(prompts):
         view = split_view(prompt)[1]
         if view is not None:
-            elevation, azimuth = VIEW_CAMERAS[view]
-            out[i] = orbit_cameras(elevation, azimuth, 3.0, 40.0, 8, 8).c2w.reshape(16)
+            out[i] = orbit_c2w(*(torch.tensor([v]) for v in VIEW_CAMERAS[view]))[0]
     return out
 
 
