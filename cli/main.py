@@ -603,6 +603,12 @@ def prior_train(
     camera_lr: Optional[float] = typer.Option(
         None, help="With --camera: the learning rate of the new camera embedding (default 3e-3; the UNet's is 3e-4)."
     ),
+    camera_tokens: Optional[bool] = typer.Option(
+        None,
+        "--camera-tokens/--camera-embedding",
+        help="With --camera: the camera enters as extra cross-attention tokens (as Zero-1-to-3's pose) instead of "
+        "through the time embedding (default: the embedding).",
+    ),
     start_from: Optional[str] = typer.Option(
         None,
         "--from",
@@ -623,7 +629,7 @@ def prior_train(
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
              "view_fronted_weight": view_fronted_weight, "camera_condition": camera,
-             "camera_lr": camera_lr}  # fmt: skip
+             "camera_lr": camera_lr, "camera_tokens": camera_tokens}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
     if start_from is not None:

@@ -160,3 +160,67 @@ def test_camera_stage_starts_as_its_prior_and_teaches_the_view_through_the_camer
     for name, decay in (("unet.class_embedding.linear_2.weight", 0.1), ("unet.conv_in.weight", 0.999)):
         torch.testing.assert_close(ema[name], decay * before[name] + (1 - decay) * raw[name])
     assert torch.load(trainer.save(), weights_only=False)["camera_start"] == 10_000  # a resume keeps it
+
+
+# ---------------------------------------------------------------- the camera as cross-attention tokens
+@pytest.fixture(scope="module")
+def token_prior(tmp_path_factory):
+    return make_tiny_prior(tmp_path_factory.mktemp("token-prior"), kind="latent", sample_size=8, camera="tokens")
+
+
+def test_a_token_camera_prior_hears_the_camera_through_attention(token_prior):
+    prior = load_prior(token_prior, device="cpu")
+    assert prior.camera_conditioned and prior.unet.class_embedding is None
+    g = torch.Generator().manual_seed(0)
+    torch.nn.init.normal_(prior.unet.encoder_hid_proj.image_embeds.weight, generator=g)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 500])
+    text, uncond = prior.encode_text(["a red cube", "a red cube"]), prior.encode_text(["", ""])
+    front, back = (_cameras(32, (az, az)).c2w.reshape(2, 16) for az in (0.0, 180.0))
+    a, b = (pretrained_eps(prior, x, t, text, uncond, 7.5, camera=c) for c in (front, back))
+    assert not torch.allclose(a, b), "the camera reaches the UNet"
+    calls = []
+    forward = prior.unet.forward
+    prior.unet.forward = lambda *a, **k: calls.append(k) or forward(*a, **k)
+    torch.testing.assert_close(prior.unet_output(x, t, text), prior.unet_output(x, t, text, torch.zeros(2, 16)))
+    tokens = calls[0]["added_cond_kwargs"]["image_embeds"]
+    assert tokens.shape == (2, 32) and tokens.eq(0).all() and "class_labels" not in calls[0]
+
+
+def test_the_vsd_family_on_a_token_camera_prior(token_prior):
+    prior, vsd, vsd_grads = _steps(token_prior, "vsd")
+    assert vsd.score.prior_embedding is None and vsd.score.camera_embedding[2].weight.abs().sum() > 0
+    assert not prior.unet.encoder_hid_proj.image_embeds.weight.requires_grad, "the prior's tokens stay frozen"
+    calls = []
+    forward = prior.unet.forward
+    prior.unet.forward = lambda *a, **k: calls.append(k) or forward(*a, **k)
+    vsd(torch.rand(2, 3, prior.image_size, prior.image_size), _cameras(prior.image_size), 3)
+    # every call, the pretrained branches' and the LoRA's, gives the prior its camera tokens
+    assert calls and all(k["added_cond_kwargs"]["image_embeds"][:, 0].eq(1).any() for k in calls)
+    assert any(k.get("class_labels") is not None and k["class_labels"].shape[1] == 16 for k in calls), "the LoRA's"
+    _, _, l2_grads = _steps(token_prior, "l2vsd", lookahead_scale=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(vsd_grads, l2_grads))
+    _, _, grads = _steps(token_prior, "l2vsd", n=2, linear_term="exact")
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_token_camera_stage_starts_from_its_prior_and_learns_the_tokens(tmp_path):
+    source = PriorTrainer(TINY, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
+    cfg = dataclasses.replace(TINY, view_steps=2, camera_condition=True, camera_tokens=True)
+    trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None, start_from=source)
+    proj = trainer.unet.encoder_hid_proj
+    camera = {id(p) for p in proj.image_embeds.parameters()}
+    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(rates[i] == (cfg.camera_lr if i in camera else cfg.lr) for i in rates)
+    # the text passes unchanged, after 10 zero camera tokens, and the rest of the UNet is the source prior's
+    text = load_prior(source, device="cpu").encode_text(["a red house", "a red cube"])
+    image = camera_features(torch.tensor([15.0, 15.0]), torch.tensor([0.0, 180.0]))
+    with torch.no_grad():
+        states = proj(text, torch.nn.functional.pad(image, (0, 32 - 7)))
+    assert states.shape == (2, 10 + text.shape[1], 32) and states[:, :10].eq(0).all()
+    torch.testing.assert_close(states[:, 10:], text)
+    old = load_prior(source, device="cpu").unet.state_dict()
+    assert all(torch.equal(v, old[k]) for k, v in trainer.unet.state_dict().items() if k in old)
+    prior = load_prior(trainer.run(), device="cpu")
+    assert prior.camera_conditioned and prior.unet.encoder_hid_proj.image_embeds.weight.abs().sum() > 0
+    with pytest.raises(Exception, match="--camera"):
+        dataclasses.replace(TINY, camera_tokens=True)

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from splat3d.distill.priors import CAMERA_UNET_CONFIG, camera_features
+from splat3d.distill.priors import CAMERA_TOKENS_CONFIG, CAMERA_UNET_CONFIG, camera_features, camera_kwargs
 from splat3d.distill.prompts import PromptConfig, split_view, view_names, view_prompt
 from splat3d.errors import Splat3dError
 from splat3d.render import render
@@ -105,6 +105,12 @@ class PriorTrainConfig:
     without it begins exactly as that prior). Distillation gives it each render's camera. With it, the view
     stage teaches the view through the camera alone: the images it draws are captioned without a view phrase,
     so no phrase can come to stand for the kinds with a front."""
+    camera_tokens: bool = False
+    """With camera_condition: the camera enters as 10 extra cross-attention tokens (CAMERA_TOKENS_CONFIG, as
+    Zero-1-to-3 appends the pose to the text) instead of through the time embedding, where a 1,200-step stage
+    left the UNet deaf to it (docs/shapes.md). The tokens' projection starts at zero and the text's at the
+    identity, so a prior continued --from one without a camera starts from its weights; the 10 zero tokens still
+    take a share of each softmax, so unlike the embedding it does not start exactly as that prior."""
     camera_drop: float = 0.1
     """With camera_condition: the share of training images given no camera (zeros), which 2D sampling of a
     prompt without a view phrase asks for."""
@@ -128,6 +134,8 @@ class PriorTrainConfig:
             raise Splat3dError(f"--view-kinds is fronted or all, not {self.view_kinds!r}.")
         if not 0.0 <= self.camera_drop <= 1.0:
             raise Splat3dError("camera_drop must be within 0..1.")
+        if self.camera_tokens and not self.camera_condition:
+            raise Splat3dError("--camera-tokens says how the camera enters the UNet; add --camera.")
         if self.camera_lr <= 0:
             raise Splat3dError("--camera-lr must be positive.")
         if self.view_fronted_weight <= 0:
@@ -257,9 +265,15 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         # Attention only below the highest resolution: it dominates CPU cost there.
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        **(CAMERA_UNET_CONFIG if cfg.camera_condition else {}),
+        **_camera_unet_config(cfg),
     )  # fmt: skip
-    if cfg.camera_condition:  # starts as no camera at all
+    if cfg.camera_condition and cfg.camera_tokens:  # zero camera tokens; the text passes unchanged
+        torch.nn.init.zeros_(unet.encoder_hid_proj.image_embeds.weight)
+        torch.nn.init.zeros_(unet.encoder_hid_proj.image_embeds.bias)
+        with torch.no_grad():
+            unet.encoder_hid_proj.text_proj.weight.copy_(torch.eye(cfg.cross_attention_dim))
+            unet.encoder_hid_proj.text_proj.bias.zero_()
+    elif cfg.camera_condition:  # starts as no camera at all
         torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
         torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
     # Samplers clip the predicted x0 to [-1, 1] by default: right for pixels, wrong for latents (unit variance,
@@ -271,6 +285,23 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         clip_sample=not cfg.latent,
     )
     return tokenizer, text_encoder, unet, scheduler
+
+
+def _camera_unet_config(cfg: PriorTrainConfig) -> dict:
+    """The UNet settings that give it the camera the config asks for (none without camera_condition)."""
+    if not cfg.camera_condition:
+        return {}
+    if cfg.camera_tokens:
+        return {**CAMERA_TOKENS_CONFIG, "encoder_hid_dim": cfg.cross_attention_dim}
+    return CAMERA_UNET_CONFIG
+
+
+def _camera_module(cfg: PriorTrainConfig) -> str | None:
+    """The name, inside the UNet, of the module that brings the camera in and starts at zero (its own learning
+    rate and EMA warm-up)."""
+    if not cfg.camera_condition:
+        return None
+    return "encoder_hid_proj.image_embeds" if cfg.camera_tokens else "class_embedding"
 
 
 def build_vae(cfg: PriorTrainConfig):
@@ -295,7 +326,7 @@ def _check_same_settings(
     free += () if unet_step else ("vae_steps",)
     if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
         free += ("view_batch_share", "view_kinds", "view_fronted_weight", "camera_condition", "camera_drop",
-                 "camera_lr")  # fmt: skip
+                 "camera_lr", "camera_tokens")  # fmt: skip
     as_json = lambda c: json.loads(json.dumps(asdict(c)))  # noqa: E731 - tuples become lists, as in checkpoints
     theirs = {**as_json(PriorTrainConfig()), **saved}  # settings added since the folder was started: defaults
     changed = sorted(k for k, v in as_json(cfg).items() if k not in free and theirs.get(k) != v)
@@ -341,7 +372,8 @@ class PriorTrainer:
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
         self.modules = torch.nn.ModuleDict({"unet": self.unet, "text_encoder": self.text_encoder})
         self.ema = copy.deepcopy(self.modules).requires_grad_(False)
-        camera = list(self.unet.class_embedding.parameters()) if cfg.camera_condition else []
+        self.camera_module = _camera_module(cfg)
+        camera = list(self.unet.get_submodule(self.camera_module).parameters()) if self.camera_module else []
         rest = [p for p in self.modules.parameters() if all(p is not c for c in camera)]
         groups = [{"params": rest}] + ([{"params": camera, "lr": cfg.camera_lr}] if camera else [])
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -381,7 +413,8 @@ class PriorTrainer:
         for name, module in weights.items():
             missing, unexpected = self.modules[name].load_state_dict(module.state_dict(), strict=False)
             # a camera embedding the exported prior lacks keeps its zero start: the prior as it was
-            if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+            new = f"{self.camera_module.split('.')[0]}." if self.camera_module else None  # the text's too
+            if unexpected or any(new is None or not k.startswith(new) for k in missing):
                 raise Splat3dError(f"{folder} holds a {name} of another layout; start from a prior of this version.")
             if missing:
                 self.camera_start = trained_steps
@@ -461,11 +494,12 @@ class PriorTrainer:
         noise = torch.randn(x0.shape, generator=self.generator)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=self.generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        labels = None
+        camera = {}
         if cfg.camera_condition:
             keep = torch.rand(cfg.batch_size, generator=self.generator) >= cfg.camera_drop
-            labels = camera_features(self.data["elevation"][index], self.data["azimuth"][index]) * keep[:, None]
-        pred = self.unet(x_t, t, encoder_hidden_states=self.text_encoder(tokens)[0], class_labels=labels).sample
+            features = camera_features(self.data["elevation"][index], self.data["azimuth"][index]) * keep[:, None]
+            camera = camera_kwargs(self.unet.config, features)
+        pred = self.unet(x_t, t, encoder_hidden_states=self.text_encoder(tokens)[0], **camera).sample
         loss = F.mse_loss(pred, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -477,8 +511,9 @@ class PriorTrainer:
             # weight that is still growing, most of a short stage.
             ema_decay = lambda k: min(cfg.ema_decay, (1 + k) / (10 + k))  # noqa: E731
             decay, camera_decay = ema_decay(self.step), ema_decay(self.step - self.camera_start)
+            new = f"unet.{self.camera_module}."
             for (name, e), p in zip(self.ema.named_parameters(), self.modules.parameters()):
-                e.lerp_(p, 1 - (camera_decay if name.startswith("unet.class_embedding.") else decay))
+                e.lerp_(p, 1 - (camera_decay if name.startswith(new) else decay))
         self.step += 1
         return loss.item()
 

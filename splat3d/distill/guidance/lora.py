@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from splat3d.distill.guidance.base import Guidance, GuidanceConfig, NoiseDraw
+from splat3d.distill.priors import camera_mode
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_ADAPTER = "splat3d_lora"
@@ -85,7 +86,7 @@ class LoRAScoreModel:
         unet = prior.unet
         # A prior that takes the camera itself keeps its own camera embedding; the LoRA's adds to it.
         self.prior_embedding = getattr(unet, "class_embedding", None)
-        assert self.prior_embedding is None or prior.camera_conditioned, "the prior's UNet has a class embedding"
+        assert self.prior_embedding is None or camera_mode(unet.config) == "embedding", "the UNet has a class embedding"
         assert not getattr(unet, "_hf_peft_config_loaded", False), "the prior's UNet already carries an adapter"
         self.prior = prior
         self.camera_scale = camera_scale
@@ -137,12 +138,15 @@ class LoRAScoreModel:
             unet.class_embedding = self.prior_embedding
             unet.disable_adapters()
 
-    def _labels(self, camera: Tensor) -> Tensor:
-        """The UNet's class labels inside the branch for cameras [B, 16] (zero rows: dropped cameras)."""
+    def _camera_kwargs(self, camera: Tensor) -> dict:
+        """The UNet's camera arguments inside the branch for cameras [B, 16] (zero rows: dropped cameras): the
+        LoRA's own embedding takes the matrix as class labels, and a prior that takes the camera gets it its way
+        (its class embedding's features first, or its attention tokens)."""
         camera = camera.to(self.param_dtype)
+        prior = self.prior.camera_kwargs(camera, len(camera))
         if self.prior_embedding is None:
-            return camera
-        return torch.cat([self.prior.camera_labels(camera, len(camera)).to(self.param_dtype), camera], dim=1)
+            return {**prior, "class_labels": camera}
+        return {"class_labels": torch.cat([prior["class_labels"].to(self.param_dtype), camera], dim=1)}
 
     # ------------------------------------------------------------ forward
     def _call(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None = None) -> Tensor:
@@ -162,7 +166,7 @@ class LoRAScoreModel:
     def _predict(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor, params: dict | None) -> Tensor:
         prior = self.prior
         args = (x_t.to(prior.dtype), t)
-        kwargs = dict(encoder_hidden_states=text.to(prior.dtype), class_labels=self._labels(camera))
+        kwargs = dict(encoder_hidden_states=text.to(prior.dtype), **self._camera_kwargs(camera))
         # A half-precision prior on CUDA runs its LoRA branch under autocast: there
         # forward-mode AD otherwise hands float32 activations to half weights.
         half_cuda = prior.device.type == "cuda" and prior.dtype in (torch.float16, torch.bfloat16)
@@ -217,7 +221,7 @@ class LoRAScoreModel:
             x_t.to(self.prior.dtype),
             draw.t_lora,
             encoder_hidden_states=text.to(self.prior.dtype),
-            class_labels=self._labels(camera),
+            **self._camera_kwargs(camera),
         ).sample
         return torch.nn.functional.mse_loss(out.to(self.param_dtype), target)
 

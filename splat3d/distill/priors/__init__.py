@@ -39,6 +39,32 @@ CPU_DEFAULT_MODEL = "shapes"
 CAMERA_FEATURES = 7
 # The UNet2DConditionModel settings that give a UNet that camera embedding.
 CAMERA_UNET_CONFIG = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_FEATURES}
+# The other way in: the camera as extra cross-attention tokens next to the text's (Zero-1-to-3 appends the pose to
+# the CLIP embedding), through diffusers' Kandinsky-style TextImageProjection: camera_features, zero-padded to the
+# cross-attention width, become 10 tokens placed before the text's. Attention lets each pixel take from them as
+# much as its query asks, where the time embedding can only shift every channel everywhere alike (docs/shapes.md:
+# a prior with its camera there stayed deaf to it). Plus ``encoder_hid_dim`` = ``cross_attention_dim``.
+CAMERA_TOKENS_CONFIG = {"encoder_hid_dim_type": "text_image_proj"}
+
+
+def camera_mode(unet_config) -> str | None:
+    """How a UNet takes the camera: "embedding" (CAMERA_UNET_CONFIG), "tokens" (CAMERA_TOKENS_CONFIG) or None."""
+    if all(getattr(unet_config, k, None) == v for k, v in CAMERA_UNET_CONFIG.items()):
+        return "embedding"
+    if all(getattr(unet_config, k, None) == v for k, v in CAMERA_TOKENS_CONFIG.items()):
+        return "tokens"
+    return None
+
+
+def camera_kwargs(unet_config, features: Tensor) -> dict:
+    """The UNet's keyword arguments that give it camera_features [B, 7] (none for a UNet without a camera)."""
+    mode = camera_mode(unet_config)
+    if mode == "embedding":
+        return {"class_labels": features}
+    if mode == "tokens":
+        width = int(unet_config.cross_attention_dim)
+        return {"added_cond_kwargs": {"image_embeds": F.pad(features, (0, width - features.shape[1]))}}
+    return {}
 
 
 def camera_features(elevation: Tensor, azimuth: Tensor) -> Tensor:
@@ -194,23 +220,26 @@ class DiffusionPrior:
 
     @property
     def camera_conditioned(self) -> bool:
-        """Whether the UNet itself takes the camera (camera_features as its class labels)."""
-        return all(getattr(self.unet.config, k, None) == v for k, v in CAMERA_UNET_CONFIG.items())
+        """Whether the UNet itself takes the camera (camera_mode: as its class labels or as attention tokens)."""
+        return camera_mode(self.unet.config) is not None
 
-    def camera_labels(self, camera: Tensor | None, batch: int) -> Tensor | None:
-        """The UNet's class labels for flattened camera-to-world matrices [B, 16] (None: no camera), or None
-        for a prior that takes no camera."""
-        if not self.camera_conditioned:
-            return None
+    def camera_features(self, camera: Tensor | None, batch: int) -> Tensor:
+        """camera_features [B, 7] of flattened camera-to-world matrices [B, 16] (None: no camera, zeros)."""
         if camera is None:
             return torch.zeros(batch, CAMERA_FEATURES, device=self.device, dtype=self.dtype)
         return camera_condition(camera).to(self.device, self.dtype)
 
+    def camera_kwargs(self, camera: Tensor | None, batch: int) -> dict:
+        """The UNet's keyword arguments for cameras [B, 16] (None: no camera); none for a prior that takes none."""
+        if not self.camera_conditioned:
+            return {}
+        return camera_kwargs(self.unet.config, self.camera_features(camera, batch))
+
     def unet_output(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None = None) -> Tensor:
         """Raw UNet output in the compute dtype (inputs cast to the prior's dtype). ``camera`` [B, 16]: the
         cameras, for a prior that takes them (ignored otherwise; None there: no camera)."""
-        labels = self.camera_labels(camera, x_t.shape[0])
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), class_labels=labels)
+        kwargs = self.camera_kwargs(camera, x_t.shape[0])
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype), **kwargs)
         return out.sample.to(self.compute_dtype)
 
 

@@ -90,21 +90,22 @@ def make_tiny_prior(
     ),
     seed: int = 0,
     block_out_channels: tuple[int, ...] = (32, 64),
-    camera: bool = False,
+    camera: bool | str = False,
 ) -> Path:
     """Write a random prior in the diffusers layout to ``folder`` and return it.
 
     Pixel priors work at ``sample_size`` pixels; latent priors have a VAE with
     a downsampling factor of 4, so renders are ``4 * sample_size`` pixels.
     ``camera``: the UNet also takes the camera (splat3d.distill.priors.camera_features), as the shapes
-    prior trained with camera_condition does.
+    prior trained with camera_condition does: True through its time embedding, "tokens" as cross-attention
+    tokens.
     """
     import diffusers
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from splat3d.distill.priors import CAMERA_UNET_CONFIG
+    from splat3d.distill.priors import CAMERA_TOKENS_CONFIG, CAMERA_UNET_CONFIG
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -125,6 +126,8 @@ def make_tiny_prior(
     )
     CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
     channels = 3 if kind == "pixel" else 4
+    tokens = {**CAMERA_TOKENS_CONFIG, "encoder_hid_dim": 32}
+    camera_config = {"tokens": tokens, True: CAMERA_UNET_CONFIG}.get(camera, {})
     n_blocks = len(block_out_channels)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -138,7 +141,7 @@ def make_tiny_prior(
         cross_attention_dim=32,
         norm_num_groups=8,
         attention_head_dim=8,
-        **(CAMERA_UNET_CONFIG if camera else {}),
+        **camera_config,
     )
     unet.save_pretrained(folder / "unet")
     DDPMScheduler(
