@@ -14,6 +14,7 @@ resumes where it stopped (finished runs are skipped).
     python benchmarks/distill.py --regime --lrs 0.001 --etas 1 --budgets 1  # one corner of that sweep
     python benchmarks/distill.py --linear-term --budgets 1  # finite-difference l2vsd, paired with exact and vsd
     python benchmarks/distill.py --report              # tables, plot and picture grid into docs/benchmarks.md
+    python benchmarks/distill.py --compare DIR_A DIR_B # runs of the same name (two priors, say), paired: A - B
 
 On 2 cores, two one-thread runs side by side finish sooner than one run after
 another with two threads (small tensors leave the second thread idle much of
@@ -364,6 +365,24 @@ def variant_table(results: list[dict], reference) -> str:
     return "\n".join(lines) + "\n" if groups else ""
 
 
+def compare_table(a_dir: Path, b_dir: Path) -> str:
+    """Each run in a_dir paired with the run of the same name in b_dir (the same method, prompt, seed and
+    budget, made with another prior or code): a - b on every metric, over all pairs and by prompt group.
+    FID and KID compare only where both directories scored against the same prior's samples."""
+    pairs = [(json.loads(f.read_text()), json.loads((b_dir / f.name).read_text()))
+             for f in sorted(a_dir.glob("*.json")) if (b_dir / f.name).exists()]  # fmt: skip
+    if not pairs:
+        raise SystemExit(f"no run in {a_dir} has a namesake in {b_dir}")
+    groups = {"all": pairs}
+    for kind in ("house", "mug"):
+        groups[f"{kind}s"] = [(a, b) for a, b in pairs if f" {kind}" in a["prompt"]]
+    groups["other kinds"] = [(a, b) for a, b in pairs if not any(f" {k}" in a["prompt"] for k in ("house", "mug"))]
+    lines = ["| runs | pairs | " + " | ".join(f"Δ {m}" for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines += [f"| {name} | {len(g)} | " + " | ".join(differences(g)) + " |" for name, g in groups.items() if g]
+    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
+
+
 def janus_reference(r: dict):
     """A Janus variant ("l2vsd-perpneg") against the same method without the mitigation."""
     for tag in sorted(JANUS, key=len, reverse=True):  # "-perpneg-esd" before "-esd"
@@ -424,6 +443,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the method name (sweeps)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where run results go")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("DIR_A", "DIR_B"),
+                        help="pair the runs of DIR_A with DIR_B's runs of the same name; print A - B")  # fmt: skip
     parser.add_argument("--keep-scenes", action="store_true", help="also keep each final scene: RESULTS/scenes")
     parser.add_argument("--sweep", action="store_true", help="run the eta / linear-term sweep on its subset")
     parser.add_argument("--janus", action="store_true", help="each Janus mitigation on the house and mug prompts")
@@ -448,6 +469,9 @@ def main() -> None:
         raise SystemExit(f"unknown Janus variant(s) {sorted(unknown)}; choose from {[t[1:] for t in JANUS]}")
     if args.report:
         report(args.results)
+        return
+    if args.compare:
+        compare_table(*args.compare)
         return
     if args.sweep:
         args.results.mkdir(parents=True, exist_ok=True)

@@ -63,3 +63,24 @@ def test_sweep_table_is_empty_without_sweep_runs():
     runs = [result(m, prompt, 0, 0.5) for m in ("vsd", "l2vsd", "l2vsd-fd", "l2vsd-fd-view")]
     assert distill.sweep_table(runs) == ""  # the report must not overwrite an earlier sweep's table
     assert "l2vsd-eta0.1" in distill.sweep_table([*runs, result("l2vsd-eta0.1", prompt, 0, 0.6)])
+
+
+def test_compare_pairs_runs_of_the_same_name_across_two_folders(tmp_path):
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for prompt, seed, iou_a, iou_b in [("a red house", 0, 0.8, 0.7), ("a red house", 1, 0.9, 0.7),
+                                       ("a red cube", 0, 0.5, 0.6)]:  # fmt: skip
+        name = f"{distill.run_id('l2vsd', 1, prompt, seed)}.json"
+        (a / name).write_text(json.dumps(result("l2vsd", prompt, seed, iou_a)))
+        (b / name).write_text(json.dumps(result("l2vsd", prompt, seed, iou_b)))
+    (a / "vsd-x1-a-red-house-s0.json").write_text(json.dumps(result("vsd", "a red house", 0, 0.1)))  # no namesake
+    rows = {line.split("|")[1].strip(): line.split("|") for line in distill.compare_table(a, b).splitlines()[2:]}
+    iou = 3 + distill.METRICS.index("iou")
+    assert set(rows) == {"all", "houses", "other kinds"}  # no mug run: no mug row
+    assert rows["all"][2].strip() == "3"
+    assert rows["houses"][iou].strip() == "+0.150 ± 0.050"  # differences 0.1 and 0.2
+    assert rows["other kinds"][iou].strip() == "-0.100 ± 0.000"
+    with pytest.raises(SystemExit, match="namesake"):
+        distill.compare_table(a, tmp_path)
