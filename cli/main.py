@@ -594,6 +594,9 @@ def prior_train(
     view_fronted_weight: Optional[float] = typer.Option(
         None, help="With --view-kinds all: how much more often a kind with a front is drawn (default 1)."
     ),
+    view_front_weight: Optional[float] = typer.Option(
+        None, help="How much more often the view stage draws a house or mug front than each other view (default 1)."
+    ),
     camera: Optional[bool] = typer.Option(
         None,
         "--camera/--no-camera",
@@ -628,7 +631,8 @@ def prior_train(
         raise Splat3dError(f"Unknown prior version {version}; choose {' or '.join(map(str, VERSIONS))}.")
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
-             "view_fronted_weight": view_fronted_weight, "camera_condition": camera,
+             "view_fronted_weight": view_fronted_weight, "view_front_weight": view_front_weight,
+             "camera_condition": camera,
              "camera_lr": camera_lr, "camera_tokens": camera_tokens}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)

@@ -278,6 +278,13 @@ def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
     trainer.cfg.view_fronted_weight = 3.0  # the house three times as often as the cube
     weights = trainer._view_stage_weights()
     assert weights[house].sum() == pytest.approx(3.0) and weights[~house].sum() == pytest.approx(1.0)
+    trainer.cfg.view_front_weight = 2.0  # the house front twice as often as each other house view; the cube as is
+    weights = trainer._view_stage_weights()
+    assert weights[house].sum() == pytest.approx(3.0) and weights[~house].sum() == pytest.approx(1.0)
+    is_view = lambda v: torch.tensor([n == v for n in names])  # noqa: E731
+    assert weights[house & is_view("front")].sum() == pytest.approx(3.0 * 2 / 5)
+    assert weights[house & is_view("back")].sum() == pytest.approx(3.0 / 5)
+    assert weights[~house & is_view("front")].sum() == pytest.approx(0.25)
     everything = torch.arange(len(names))
     texts = captions(trainer.data, everything, cfg, torch.Generator().manual_seed(0), always_view=("house",))
     assert all(t.endswith(" view") == ("house" in t) for t in texts), "plain captions only for the cube"
