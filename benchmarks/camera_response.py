@@ -7,7 +7,7 @@ output: the relative difference of eps under the front and the back camera (same
 three noise levels. A prior that ignores the camera gives the same view under every camera and an eps
 difference near 0. Writes benchmarks/results/camera_response.json (or --out) and prints a table.
 
-    python benchmarks/camera_response.py --model DIR/prior [--samples 6] [--steps 50] [--out FILE]
+    python benchmarks/camera_response.py --model DIR/prior [--samples 6] [--steps 50] [--camera-scale S] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--camera-scale",
+        type=float,
+        default=None,
+        help="CFG scale of the camera apart from the prompt (default: plain CFG)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -50,7 +56,9 @@ def main() -> None:
     for prompt in PROMPTS:
         for view, azimuth in CAMERAS:
             c2w = orbit_c2w(torch.full((n,), 15.0), torch.full((n,), azimuth))
-            images = sample_images(prior, [prompt] * n, args.steps, seed=args.seed, cameras=c2w)  # same noise
+            images = sample_images(
+                prior, [prompt] * n, args.steps, seed=args.seed, cameras=c2w, camera_guidance_scale=args.camera_scale
+            )  # same noise
             with torch.no_grad():
                 seen = [VIEWS[i] for i in classifier(images)["view"].argmax(1).tolist()]
             rows.append({"prompt": prompt, "azimuth": azimuth, "asked": view, "seen": seen,
@@ -70,6 +78,7 @@ def main() -> None:
             moved[t] = ((a - b).norm() / a.norm()).item()
     result = {
         "model": str(args.model), "machine": machine(), "samples": n, "steps": args.steps,
+        "camera_guidance_scale": args.camera_scale,
         "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
         "view_right": sum(r["right"] for r in rows) / len(rows),
         "same_view_under_every_camera": sum(

@@ -12,6 +12,7 @@ from splat3d.distill.priors import camera_condition, camera_features, load_prior
 from splat3d.distill.priors.tiny import make_tiny_prior
 from splat3d.distill.prompts import PromptConfig, PromptProcessor, split_view
 from splat3d.distill.sample import sample_images, view_cameras
+from splat3d.errors import Splat3dError
 from splat3d.render.cameras import orbit_cameras
 from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer
 
@@ -53,6 +54,30 @@ def test_a_camera_prior_hears_the_camera_in_every_pretrained_branch(camera_prior
     x = torch.randn(2, 4, plain.unet.config.sample_size, plain.unet.config.sample_size, generator=g)
     without = pretrained_eps(plain, x, t, text, text, 7.5)
     assert torch.equal(without, pretrained_eps(plain, x, t, text, text, 7.5, camera=front))
+
+
+def test_prior_camera_scale_guides_the_camera_apart(camera_prior):
+    """eps = eps_u + s (eps(c0) - eps_u) + s_c (eps(c) - eps(c0)): c under the camera, c0 with no camera."""
+    prior = load_prior(camera_prior, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 300])
+    text, uncond = prior.encode_text(["a red cube", "a red cube"]), prior.encode_text(["", ""])
+    front = _cameras(32, (0.0, 30.0)).c2w.reshape(2, 16)
+    with torch.no_grad():
+        raw = lambda txt, cam: prior.to_epsilon(prior.unet_output(x, t, txt, cam), x, t)  # noqa: E731
+        c, c0, u = raw(text, front), raw(text, torch.zeros_like(front)), raw(uncond, front)
+        guided = pretrained_eps(prior, x, t, text, uncond, 7.5, camera=front, camera_scale=20.0)
+        plain = pretrained_eps(prior, x, t, text, uncond, 7.5, camera=front)
+    torch.testing.assert_close(guided, u + 7.5 * (c0 - u) + 20.0 * (c - c0), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(guided, plain), "the scale changes the guidance"
+    assert torch.equal(plain, pretrained_eps(prior, x, t, text, uncond, 7.5, camera=front, camera_scale=7.5))
+    with pytest.raises(Splat3dError, match="prior_camera_scale"):
+        GuidanceConfig(prior_camera_scale=20.0, perp_neg_side=1.0)
+    # 2D sampling takes the same scale: plain CFG at s_c = s, other images above it
+    prompts = ["a red cube", "a red cube"]
+    same = sample_images(prior, prompts, steps=2, cameras=front, camera_guidance_scale=3.0)
+    assert torch.equal(same, sample_images(prior, prompts, steps=2, cameras=front))
+    assert not torch.equal(same, sample_images(prior, prompts, steps=2, cameras=front, camera_guidance_scale=30.0))
 
 
 def _steps(folder, method, n=3, **config):

@@ -60,6 +60,7 @@ def sample_images(
     eta: float | None = None,
     view_guidance_scale: float | None = None,
     cameras: Tensor | None = None,
+    camera_guidance_scale: float | None = None,
 ) -> Tensor:
     """Images [N, 3, H, W] in [0, 1], one per prompt.
 
@@ -75,6 +76,11 @@ def sample_images(
 
     cameras [N, 16] (flattened camera-to-world): what a prior that takes cameras is given, one per prompt
     (default: each prompt's view phrase's camera, VIEW_CAMERAS); ignored by other priors.
+
+    camera_guidance_scale s_c guides such a prior's camera apart from the prompt: with c the prompt under its
+    camera and c0 the prompt with no camera, (s_c - s) (eps(c) - eps(c0)) is added to the guided eps, so that
+    without a view scale eps = eps(neg) + s (eps(c0) - eps(neg)) + s_c (eps(c) - eps(c0)). None (or s): plain
+    CFG, every branch under the camera.
     """
     from diffusers import DDIMScheduler
 
@@ -97,10 +103,15 @@ def sample_images(
     texts = [prompts, [negative_prompt] * n]
     if view_guidance_scale is not None:
         texts.append([split_view(p)[0] for p in prompts])  # prompts without a view phrase: their own plain
+    # A prior that takes cameras gets the prompt's view as a camera, in every branch alike (but the camera-free
+    # one that camera guidance adds: zero matrices are "no camera").
+    camera_guided = prior.camera_conditioned and camera_guidance_scale not in (None, guidance_scale)
+    if camera_guided:
+        texts.append(prompts)
     text = torch.cat([prior.encode_text(x) for x in texts])
-    # A prior that takes cameras gets the prompt's view as a camera, in every branch alike.
     if prior.camera_conditioned:
-        cameras = (view_cameras(prompts) if cameras is None else cameras).to(prior.device).repeat(len(texts), 1)
+        cameras = (view_cameras(prompts) if cameras is None else cameras).to(prior.device)
+        cameras = torch.cat([cameras] * (len(texts) - camera_guided) + [torch.zeros_like(cameras)] * camera_guided)
     else:
         cameras = None
     for t in scheduler.timesteps:
@@ -111,6 +122,8 @@ def sample_images(
             guided = out[1] + guidance_scale * (out[0] - out[1])
         else:
             guided = out[1] + guidance_scale * (out[2] - out[1]) + view_guidance_scale * (out[0] - out[2])
+        if camera_guided:
+            guided = guided + (camera_guidance_scale - guidance_scale) * (out[0] - out[-1])
         z = scheduler.step(guided, t, z, eta=eta, generator=g).prev_sample
         if progress:
             progress()

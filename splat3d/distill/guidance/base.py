@@ -74,6 +74,12 @@ class GuidanceConfig:
     """latent_gradient=decoded: the pixel target is x + (D(z - grad) - D(z)) + p (D(z) - x). p = 1 is D(z - grad)
     itself (one decoder pass); below 1 the pull toward the VAE's reconstruction D(z) of the render, which
     cleans off-colour speckle but also rounds shapes off, is weakened (two decoder passes)."""
+    prior_camera_scale: float | None = None
+    """CFG scale of the camera apart from the prompt in the frozen prior, for a prior that takes cameras (the
+    camera-token prior, docs/shapes.md): (s_c - s) (eps(prompt, camera) - eps(prompt, no camera)) is added to
+    its guided eps, so eps = eps_u + s (eps(prompt, no camera) - eps_u) + s_c (eps(prompt, camera) - eps(prompt,
+    no camera)), a compositional CFG as view_guidance_scale is for the view phrase. None (or guidance_scale):
+    plain CFG, the camera in every branch. Costs one more UNet row per image. Priors without cameras ignore it."""
     camera_guidance_scale: float = 1.0
     """VSD family: eps_phi = eps_phi(no camera) + s (eps_phi(camera) - eps_phi(no camera)). 1: off, plain
     VSD; below 1 mixes in the camera-free score, ESD's entropy term (Wang et al. 2023)."""
@@ -93,6 +99,12 @@ class GuidanceConfig:
             raise Splat3dError("guidance.view_guidance_scale must be 0 or more (or null: the same as guidance_scale).")
         if self.perp_neg_side < 0 or self.perp_neg_back < 0:
             raise Splat3dError("guidance.perp_neg_side and perp_neg_back are weights of 0 (off) or more.")
+        combined = self.perp_neg_side or self.perp_neg_back or self.view_guidance_scale is not None
+        if self.prior_camera_scale is not None and (self.prior_camera_scale < 0 or combined):
+            raise Splat3dError(
+                "guidance.prior_camera_scale must be 0 or more, and is not combined with Perp-Neg or "
+                "view_guidance_scale; set those off (0 and null) or prior_camera_scale to null."
+            )
         if self.camera_guidance_scale != 1.0 and self.camera_condition_drop <= 0:
             raise Splat3dError(
                 "guidance.camera_guidance_scale needs a camera-free score, which the LoRA learns only from "
@@ -141,6 +153,7 @@ def pretrained_eps(
     prior, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
     negative: Tensor | None = None, negative_weight: Tensor | None = None,
     plain: Tensor | None = None, view_scale: float | None = None, camera: Tensor | None = None,
+    camera_scale: float | None = None,
 ) -> Tensor:  # fmt: skip
     """The frozen prior's noise prediction with CFG (adapters and the LoRA's camera off).
 
@@ -158,18 +171,23 @@ def pretrained_eps(
     scale, the call is plain CFG.
 
     ``camera`` [B, 16] (flattened camera-to-world) reaches a prior whose UNet takes the camera, in every
-    branch alike (the unconditional one too, as MVDream guides); other priors ignore it.
+    branch alike (the unconditional one too, as MVDream guides); other priors ignore it. With ``camera_scale``
+    s_c (plain CFG only; GuidanceConfig refuses the other combinations) the prompt is also predicted with no
+    camera (c0, zero matrices) and (s_c - s) (eps_cond - eps_c0) is added: the camera guided apart.
     """
     if view_scale is not None and plain is not None and view_scale != scale:
         return _composed_eps(prior, x_t, t, cond, uncond, scale, negative, negative_weight, plain, view_scale, camera)
     if negative_weight is None or not bool(negative_weight.any()):
         # Exactly the plain CFG batch: concatenating even an empty extra row changed the batch's memory
         # layout and with it the kernels' rounding (tests/test_pinned_outputs.py caught it).
-        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        cams = None if camera is None else torch.cat([camera, camera])
-        eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat([cond, uncond]), cams), x2, t2)
-        eps_cond, eps_uncond = eps.chunk(2)
-        return classifier_free_guidance(eps_uncond, eps_cond, scale)
+        guided_camera = camera is not None and prior.camera_conditioned and camera_scale not in (None, scale)
+        k = 3 if guided_camera else 2
+        x2, t2 = torch.cat([x_t] * k), torch.cat([t] * k)
+        texts = [cond, uncond] + [cond] * guided_camera
+        cams = None if camera is None else torch.cat([camera, camera] + [torch.zeros_like(camera)] * guided_camera)
+        eps = prior.to_epsilon(prior.unet_output(x2, t2, torch.cat(texts), cams), x2, t2).chunk(k)
+        guided = classifier_free_guidance(eps[1], eps[0], scale)
+        return guided + (camera_scale - scale) * (eps[0] - eps[2]) if guided_camera else guided
     b = x_t.shape[0]
     rows = negative_weight.nonzero()[:, 0].to(x_t.device)
     x, tt = torch.cat([x_t, x_t, x_t[rows]]), torch.cat([t, t, t[rows]])
@@ -302,6 +320,7 @@ class Guidance:
         eps_pre = pretrained_eps(
             prior, x_t, draw.t, self.prompt.conditional(elevation, azimuth), self.prompt.unconditional(b),
             cfg.guidance_scale, negative, weight, self.prompt.plain(b), cfg.view_guidance_scale, camera,
+            cfg.prior_camera_scale,
         )  # fmt: skip
         return StepInputs(z, draw, x_t, eps_pre, self.prompt.plain(b), camera, pixels)
 
