@@ -673,6 +673,11 @@ def prior_sample(
         help='CFG scale of a view phrase (", front view") apart from the object (default: what the prior '
         "recommends; none: plain CFG).",
     ),
+    camera_guidance_scale: Optional[float] = typer.Option(
+        None,
+        help="For a prior that takes cameras: CFG scale of the camera of the prompt's view phrase apart from the "
+        "prompt (default: plain CFG; a prompt without a view phrase has no camera to guide).",
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
@@ -686,7 +691,7 @@ def prior_sample(
 
     if not 1 <= n <= 256:
         raise Splat3dError(f"--n must be 1..256, not {n}.")
-    check_sampling([prompt] * n, steps, eta)  # before the model loads
+    check_sampling([prompt] * n, steps, eta, camera_guidance_scale)  # before the model loads
     ensure_writable_dir(out.parent)
     prior = load_prior(model, resolve_device(device))
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), console=err_console) as progress:
@@ -694,7 +699,8 @@ def prior_sample(
         scale = prior.sample_guidance_scale if guidance_scale is None else guidance_scale
         images = sample_images(prior, [prompt] * n, steps, scale, seed, eta=eta,
                                progress=lambda: progress.advance(task),
-                               view_guidance_scale=view_guidance_scale)  # fmt: skip
+                               view_guidance_scale=view_guidance_scale,
+                               camera_guidance_scale=camera_guidance_scale)  # fmt: skip
     save_png(grid([to_uint8(img) for img in images], columns=min(n, 8)), out)
     console.print(f"wrote {out} ({n} samples of {prompt!r} from {model})")
 

@@ -123,6 +123,9 @@ def test_prior_sample_cli(tiny_priors, tmp_path, capsys):
     assert code == 2 and "empty" in err
     code, _, err = run_cli(capsys, "prior", "sample", "a red cube", "--eta", 1.5, "--out", tmp_path / "x.png")
     assert code == 2 and "--eta must be between 0 and 1" in err and not (tmp_path / "x.png").exists()
+    code, _, err = run_cli(capsys, "prior", "sample", "a red cube, front view", "--camera-guidance-scale", -1,
+                           "--out", tmp_path / "x.png")  # fmt: skip
+    assert code == 2 and "--camera-guidance-scale must be 0 or more" in err and not (tmp_path / "x.png").exists()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from splat3d.errors import Splat3dError
 
 
 @torch.no_grad()
-def check_sampling(prompts: list[str], steps: int, eta: float | None) -> None:
+def check_sampling(
+    prompts: list[str], steps: int, eta: float | None, camera_guidance_scale: float | None = None
+) -> None:
     """Reject what sample_images cannot do, in one sentence, before any model is loaded."""
     if not prompts or any(not p.strip() for p in prompts):
         raise Splat3dError('The prompt is empty; describe what to draw, e.g. "a red cube".')
@@ -21,6 +23,8 @@ def check_sampling(prompts: list[str], steps: int, eta: float | None) -> None:
         raise Splat3dError(f"--steps must be 1..1000, not {steps}.")
     if eta is not None and not 0.0 <= eta <= 1.0:
         raise Splat3dError(f"--eta must be between 0 and 1, not {eta}.")
+    if camera_guidance_scale is not None and camera_guidance_scale < 0:
+        raise Splat3dError(f"--camera-guidance-scale must be 0 or more, not {camera_guidance_scale}.")
 
 
 # The camera a prior that takes cameras is given for a prompt's view phrase in 2D: the middle of the prompt
@@ -86,7 +90,7 @@ def sample_images(
 
     from splat3d.distill.prompts import split_view
 
-    check_sampling(prompts, steps, eta)
+    check_sampling(prompts, steps, eta, camera_guidance_scale)
     eta = prior.sample_eta if eta is None else eta
     if view_guidance_scale is None:
         view_guidance_scale = prior.sample_view_guidance_scale
