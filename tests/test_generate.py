@@ -76,6 +76,9 @@ def test_resume_is_bit_identical(prior_dir, tmp_path, strategy):
         "strategy.cleanup_every=1",  # cleanups after steps 6, 7 and 8, past the resume at 4
         "strategy.cleanup_opacity=0.1",
         "background=random",
+        "size.calibrate_at=[0.25,1.0]",  # rescaled after steps 2 and 8: the resumed process draws the target anew
+        "size.views=4",
+        "size.sample_steps=3",
     ]
     with open_run(prior_dir, tmp_path / "a", extra=extra) as straight:
         straight.run()

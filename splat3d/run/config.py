@@ -2,7 +2,7 @@
 
 A run's configuration is the dataclass ``RunConfig`` below, composed of the
 configs that live beside their code (PromptConfig, GuidanceConfig,
-CameraConfig, InitConfig, OptimConfig, StrategyConfig, OutputConfig), each of
+CameraConfig, InitConfig, OptimConfig, StrategyConfig, SizeConfig, OutputConfig), each of
 which checks its own values when built. It is merged in this
 order: the defaults, a preset or YAML file (``--config``), dotted overrides
 (``--set guidance.lookahead_scale=0.1``), then the command-line options.
@@ -32,6 +32,7 @@ from splat3d.errors import Splat3dError
 from splat3d.render.cameras import CameraConfig
 from splat3d.run.folder import OutputConfig
 from splat3d.run.optim import OptimConfig
+from splat3d.run.size import SizeConfig
 from splat3d.run.strategy import StrategyConfig
 from splat3d.scene.init import InitConfig
 
@@ -62,6 +63,7 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    size: SizeConfig = field(default_factory=SizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):

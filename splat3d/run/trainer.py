@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import resource
 import signal
 import time
@@ -43,7 +44,8 @@ from splat3d.render.cameras import CameraSampler, turntable
 from splat3d.run.checkpoint import rng_state, set_rng_state
 from splat3d.run.config import RunConfig, from_yaml_text, to_yaml
 from splat3d.run.folder import RunFolder
-from splat3d.run.optim import learning_rates, make_optimizers
+from splat3d.run.optim import learning_rates, make_optimizers, rescale_scene
+from splat3d.run.size import calibration_steps, prior_foreground, size_factor
 from splat3d.run.strategy import Densifier
 from splat3d.scene import GaussianScene
 from splat3d.scene.extent import scene_extent
@@ -88,6 +90,7 @@ class Trainer:
         self.densifier = Densifier(cfg.strategy, self.scene.params, self.optimizers, self.extent, self.device)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.size_target: Optional[float] = None
         self.elapsed = 0.0
         self.stop_requested = False
 
@@ -143,7 +146,19 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
         self.densifier.cleanup(self.scene.params, self.optimizers, step, cfg.steps)
         self.step += 1
-        return {"loss": loss.item(), "finite": finite, **guided.logs}
+        logs = {"loss": loss.item(), "finite": finite, **guided.logs}
+        if self.step in calibration_steps(cfg.size, cfg.steps):
+            logs["size_factor"] = self.calibrate_size()
+        return logs
+
+    def calibrate_size(self) -> float:
+        """Rescale the scene to the prior's own object size (splat3d.run.size); returns the factor."""
+        cfg = self.config
+        if self.size_target is None:  # the prior's samples, drawn once per process (the same on resume)
+            self.size_target = prior_foreground(self.prior, cfg.prompt.prompt, cfg.size, cfg.camera, cfg.seed)
+        factor = size_factor(self.scene, self.size_target, cfg.size, cfg.camera, self.prior.image_size, cfg.backend)
+        rescale_scene(self.scene, math.log(factor))
+        return factor
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:
