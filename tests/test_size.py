@@ -10,8 +10,7 @@ from splat3d.distill.priors import load_prior
 from splat3d.errors import Splat3dError
 from splat3d.render import render
 from splat3d.run.config import build_config
-from splat3d.run.optim import rescale_scene
-from splat3d.run.size import SizeConfig, foreground_share, prior_foreground, ring, size_factor
+from splat3d.run.size import SizeConfig, foreground_share, prior_foreground, rescale_scene, ring, size_factor
 from splat3d.run.trainer import start_run
 from splat3d.shapes.world import make_object
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +40,3 @@ def learning_rates(config: OptimConfig, progress: float, extent: float) -> dict[
 def make_optimizers(scene: GaussianScene, lrs: dict[str, float]) -> dict[str, torch.optim.Optimizer]:
     # One Adam per parameter, as gsplat's strategies expect (they swap tensors and their moments by name).
     return {name: torch.optim.Adam([scene.params[name]], lr=lrs[name], eps=1e-15) for name in PARAM_NAMES}
-
-
-@torch.no_grad()
-def rescale_scene(scene: GaussianScene, log_scale: float) -> None:
-    """Scale the scene by exp(log_scale) about the origin, in place: positions and sizes alike (the
-    optimisers' moments stay: they only rescale the next few steps a little)."""
-    scene.params["means"].mul_(math.exp(log_scale))
-    scene.params["scales"].add_(log_scale)

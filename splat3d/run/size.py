@@ -65,7 +65,16 @@ def foreground_share(images: Tensor) -> Tensor:
     return ((1 - images.clamp(0, 1)).amax(1) > FOREGROUND).float().mean()
 
 
+@torch.no_grad()
+def rescale_scene(scene: GaussianScene, log_scale: float) -> None:
+    """Scale the scene by exp(log_scale) about the origin, in place: positions and sizes alike (the
+    optimisers' moments stay: they only rescale the next few steps a little)."""
+    scene.params["means"].mul_(math.exp(log_scale))
+    scene.params["scales"].add_(log_scale)
+
+
 def ring(config: SizeConfig, camera: CameraConfig, size: int):
+    """``config.views`` cameras evenly round the object at the middle of the camera ranges."""
     azimuth = torch.arange(config.views) * (360.0 / config.views)
     mid = lambda r: sum(r) / 2  # noqa: E731
     return orbit_cameras(

@@ -44,8 +44,8 @@ from splat3d.render.cameras import CameraSampler, turntable
 from splat3d.run.checkpoint import rng_state, set_rng_state
 from splat3d.run.config import RunConfig, from_yaml_text, to_yaml
 from splat3d.run.folder import RunFolder
-from splat3d.run.optim import learning_rates, make_optimizers, rescale_scene
-from splat3d.run.size import calibration_steps, prior_foreground, size_factor
+from splat3d.run.optim import learning_rates, make_optimizers
+from splat3d.run.size import calibration_steps, prior_foreground, rescale_scene, size_factor
 from splat3d.run.strategy import Densifier
 from splat3d.scene import GaussianScene
 from splat3d.scene.extent import scene_extent
