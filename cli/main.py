@@ -437,7 +437,7 @@ def export(
         "more floaters); higher keeps the opaque core (thinner, holes where the scene is thin).",
     ),
     depth_tolerance: float = typer.Option(
-        4.0,
+        6.0,
         "--depth-tolerance",
         help="Mesh: cells behind the depth each carving view sees that it leaves solid (>= 0). More: the mesh "
         "fills the splats' rendered silhouette; less: it stays nearer the Gaussians' centres (a thinner mesh, "
