@@ -61,7 +61,8 @@ class MeshConfig:
     tolerance puts the surface further out, towards the rendered silhouette (alpha 0.5 lies about one
     Gaussian radius outside the centres), less keeps it nearer the centres. At 2 the meshes of generated
     scenes missed 15-22% of their splats' silhouettes, at 4 a generated torus still missed 12% (silhouette
-    IoU 0.877); at 6 every generated kind measured reaches 0.90 (docs/benchmarks.md, "Mesh export")."""
+    IoU 0.877); at 6 every generated cube, sphere, torus and house measured reaches 0.90
+    (docs/benchmarks.md, "Mesh export")."""
     votes: int = 6
     """Views that must see through a cell to carve it: more forgive pinholes and noisy depth in
     hazy scenes, fewer carve narrow openings better."""
