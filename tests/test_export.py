@@ -183,3 +183,15 @@ def test_export_bad_inputs_write_nothing(tmp_path, capsys):
         assert code == 2 and message in " ".join(err.split()), (args, err)
         assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.ply", "file", "s.ply"]
+
+
+def test_export_cli_mesh_defaults_are_the_library_defaults():
+    """The CLI spells its defaults out (its imports stay lazy); they must not drift from MeshConfig's."""
+    import inspect
+
+    from cli.main import export
+    from splat3d.render.mesh import MeshConfig
+
+    options = inspect.signature(export).parameters
+    for name in ("resolution", "threshold", "depth_tolerance"):
+        assert options[name].default.default == getattr(MeshConfig(), name), name
