@@ -141,10 +141,17 @@ TINY = PriorTrainConfig(
 )  # fmt: skip
 
 
-def test_camera_stage_starts_as_its_prior_and_teaches_the_view_through_the_camera(tmp_path, monkeypatch):
-    source = PriorTrainer(TINY, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    """A TINY prior trained and exported once; the camera stages below start from it (read only)."""
+    root = tmp_path_factory.mktemp("camera-source")
+    return PriorTrainer(TINY, root / "a", cache_dir=root / "cache", log=lambda m: None).run(), root / "cache"
+
+
+def test_camera_stage_starts_as_its_prior_and_teaches_the_view_through_the_camera(tmp_path, monkeypatch, tiny_source):
+    source, cache = tiny_source
     cfg = dataclasses.replace(TINY, view_steps=2, camera_condition=True)
-    trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None, start_from=source)
+    trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=cache, log=lambda m: None, start_from=source)
     # the new embedding learns at its own rate, the rest at the UNet's
     camera = {id(p) for p in trainer.unet.class_embedding.parameters()}
     rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -228,10 +235,10 @@ def test_the_vsd_family_on_a_token_camera_prior(token_prior):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_token_camera_stage_starts_from_its_prior_and_learns_the_tokens(tmp_path):
-    source = PriorTrainer(TINY, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
+def test_token_camera_stage_starts_from_its_prior_and_learns_the_tokens(tmp_path, tiny_source):
+    source, cache = tiny_source
     cfg = dataclasses.replace(TINY, view_steps=2, camera_condition=True, camera_tokens=True)
-    trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None, start_from=source)
+    trainer = PriorTrainer(cfg, tmp_path / "b", cache_dir=cache, log=lambda m: None, start_from=source)
     proj = trainer.unet.encoder_hid_proj
     camera = {id(p) for p in proj.image_embeds.parameters()}
     rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
