@@ -186,7 +186,7 @@ def report(results_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    results = all_results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     if not results:
         raise SystemExit("no results yet; run the benchmark first")
     sweep = sweep_table(results)
@@ -279,12 +279,23 @@ def report(results_dir: Path) -> None:
             "colour error, speckle, FID and KID). The cost of each term: benchmarks/step_cost.py.\n\n" + linear,
         )
     if regime:
+        runs = [r for r in all_results if regime_reference(r) or re.fullmatch(r"vsd-lr[0-9.e+-]+", r["method"])]
+        budgets = ",".join(str(b) for b in sorted({r["budget"] for r in runs}))
+        copied = sum(1 for r in runs if r.get("copied_from"))
         write_doc_section(
             "distill_regime",
             "## L2-VSD's regime: LoRA learning rate x eta x budget\n\n"
-            f"`python benchmarks/distill.py --regime --budgets 1,3` on {machine()}: each l2vsd run paired with the "
-            "vsd run of the same LoRA learning rate, budget, prompt and seed (mean ± standard error of the "
-            "differences).\n\n" + regime,
+            f"`python benchmarks/distill.py --regime --budgets {budgets}` on {machine()}: each l2vsd run paired with "
+            "the vsd run of the same LoRA learning rate, budget, prompt and seed (mean ± standard error of the "
+            "differences)."
+            + (
+                f" {copied} of the {len(runs)} runs are copies of runs made at the same settings under another name "
+                "(their JSON's `copied_from` names it)."
+                if copied
+                else ""
+            )
+            + "\n\n"
+            + regime,
         )
     if sweep:
         write_doc_section(
