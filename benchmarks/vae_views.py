@@ -11,7 +11,10 @@ view accuracy per kind and colour and the evaluator's view consistency (front se
 front) of the reconstructions; writes benchmarks/results/vae_views.json (or --out) and a picture of each
 colour's house front and mug side, true above reconstruction (--picture).
 
-    python benchmarks/vae_views.py [--model shapes] [--out FILE] [--picture FILE.png]
+    python benchmarks/vae_views.py [--model shapes] [--vae FOLDER] [--out FILE] [--picture FILE.png]
+
+--vae checks another autoencoder (a diffusers AutoencoderKL folder, e.g. one trained for a next prior) with the
+same classifier, before any UNet is trained on its latents.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "vae_views.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes", help="a latent prior with a classifier (default: shapes)")
+    parser.add_argument("--vae", type=Path, default=None, help="an AutoencoderKL folder to check, not the prior's")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--picture", type=Path, default=None, help="PNG: house fronts and mug sides, true over VAE")
     args = parser.parse_args()
@@ -49,6 +53,10 @@ def main() -> None:
         raise SystemExit(f"{args.model} is a pixel-space prior: it has no autoencoder to check")
     folder = builtin_priors().get(args.model, Path(args.model))
     classifier, vae = load_classifier(folder), prior.vae.float().eval()
+    if args.vae is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float32).eval()
     cams = ring_cameras(size=int(vae.config.sample_size))
     true_view = view_names(cams.elevation, cams.azimuth, PromptConfig())
     rows, strips, t0 = [], [], time.perf_counter()
@@ -70,7 +78,8 @@ def main() -> None:
             right = f"true {row['view_right_true']:.2f}  VAE {row['view_right_vae']:.2f}"
             print(f"{colour:7s} {kind:5s} views right: {right}  | VAE sees {' '.join(v[:2] for v in seen['vae'])}")
     result = {
-        "model": str(args.model), "machine": machine(), "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
+        "model": str(args.model), "vae": str(args.vae or "the prior's"), "machine": machine(),
+        "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
         **{f"{kind}_{m}_{name}": sum(r[f"{m}_{name}"] for r in rows if r["kind"] == kind) / len(COLOURS)
            for kind in FRONTED for m in ("view_right", "consistency") for name in ("true", "vae")},
     }  # fmt: skip

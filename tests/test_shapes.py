@@ -260,6 +260,19 @@ def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(t
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
 
 
+def test_latent_width_and_depth_reach_the_autoencoder_and_the_unet(tmp_path):
+    cfg = dataclasses.replace(TINY, latent=True, vae_steps=2, vae_batch_size=4, vae_block_out_channels=(8, 16, 16),
+                              vae_latent_channels=8, vae_layers_per_block=2, steps=2, views_per_object=16)  # fmt: skip
+    folder = PriorTrainer(cfg, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
+    prior = load_prior(folder, device="cpu")
+    assert prior.vae.config.latent_channels == 8 and prior.vae.config.layers_per_block == 2
+    assert prior.unet.config.in_channels == prior.unet.config.out_channels == 8
+    latents = prior.vae.encode(torch.zeros(1, 3, 16, 16)).latent_dist.mean
+    assert latents.shape == (1, 8, 4, 4)
+    images = sample_images(prior, ["a blue sphere"], steps=2)
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
 def test_view_stage_balances_the_fronted_views_and_names_them(tmp_path):
     cfg = dataclasses.replace(TINY, kinds=("cube", "house"), views_per_object=64, overhead_share=0.25, view_steps=2,
                               caption_dropout=0.0, plain_caption=1.0)  # fmt: skip

@@ -81,6 +81,9 @@ class PriorTrainConfig:
     as Stable Diffusion is built (the calibration in ../shared/design/SHAPES-PRIOR.md: a 64-px latent UNet
     step costs 0.4-0.9 s against 16 s in pixel space)."""
     vae_block_out_channels: tuple = (32, 64, 64)
+    vae_latent_channels: int = 4
+    """Channels of the latents (Stable Diffusion's 4 by default); the UNet takes and predicts as many."""
+    vae_layers_per_block: int = 1
     vae_steps: int = 1500
     vae_batch_size: int = 32
     vae_lr: float = 5e-4
@@ -262,7 +265,7 @@ def build_models(cfg: PriorTrainConfig, tokenizer_dir: Path):
         )
     )  # fmt: skip
     n = len(cfg.block_out_channels)
-    channels, size = (4, cfg.resolution // 4) if cfg.latent else (3, cfg.resolution)
+    channels, size = (cfg.vae_latent_channels, cfg.resolution // 4) if cfg.latent else (3, cfg.resolution)
     unet = UNet2DConditionModel(
         sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=cfg.block_out_channels,
         layers_per_block=1, cross_attention_dim=cfg.cross_attention_dim, norm_num_groups=8, attention_head_dim=8,
@@ -309,15 +312,16 @@ def _camera_module(cfg: PriorTrainConfig) -> str | None:
 
 
 def build_vae(cfg: PriorTrainConfig):
-    """A small AutoencoderKL: resolution -> resolution/4, 4 latent channels (Stable Diffusion's layout)."""
+    """A small AutoencoderKL: resolution -> resolution/4, 4 latent channels by default (Stable Diffusion's layout)."""
     from diffusers import AutoencoderKL
 
     n = len(cfg.vae_block_out_channels)
     assert n == 3, "two downsamplings: resolution/4"
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_block_out_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1, norm_num_groups=8, sample_size=cfg.resolution,
+        in_channels=3, out_channels=3, latent_channels=cfg.vae_latent_channels,
+        block_out_channels=cfg.vae_block_out_channels, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, layers_per_block=cfg.vae_layers_per_block, norm_num_groups=8,
+        sample_size=cfg.resolution,
     )  # fmt: skip
 
 
