@@ -279,7 +279,8 @@ def report(results_dir: Path) -> None:
             "colour error, speckle, FID and KID). The cost of each term: benchmarks/step_cost.py.\n\n" + linear,
         )
     if regime:
-        runs = [r for r in all_results if regime_reference(r) or re.fullmatch(r"vsd-lr[0-9.e+-]+", r["method"])]
+        references = {regime_reference(r) for r in all_results} - {None}
+        runs = [r for r in all_results if regime_reference(r) or r["method"] in references]
         budgets = ",".join(str(b) for b in sorted({r["budget"] for r in runs}))
         copied = sum(1 for r in runs if r.get("copied_from"))
         write_doc_section(
