@@ -214,7 +214,7 @@ def generate(
     budget: Optional[float] = typer.Option(
         None,
         help="Stretch the run (--steps included) and its whole schedule (densification, annealing, render sizes) "
-        "this many times.",
+        "this many times; the Gaussians' learning rates shrink as much, so they travel as far in smaller steps.",
     ),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),

@@ -57,6 +57,10 @@ def test_a_budget_stretches_the_whole_schedule(preset):
         3 * x for x, _ in base.camera.render_size_schedule
     ]
     assert long.output == base.output and long.guidance.lora_lr == base.guidance.lora_lr
+    o, b = long.optim, base.optim  # the Gaussians go as far in 3x the steps, not 3x as far
+    for name in ("means_lr", "means_lr_final", "scales_lr", "quats_lr", "opacities_lr", "sh0_lr", "shN_lr"):
+        assert getattr(o, name) == pytest.approx(getattr(b, name) / 3), name
+    assert (o.opacity_reg, o.scale_reg) == (b.opacity_reg, b.scale_reg)
     assert stretch_schedule(base, 1) == base
 
 
