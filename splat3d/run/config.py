@@ -229,8 +229,7 @@ def stretch_schedule(run: RunConfig, factor: float) -> RunConfig:
     at = lambda step: max(1, round(step * factor))  # noqa: E731
     every = lambda n: at(n) if n > 0 else 0  # noqa: E731 - 0 stays "never"
     s, g, c, o = run.strategy, run.guidance, run.camera, run.optim
-    rates = {f.name: getattr(o, f.name) / factor for f in dataclasses.fields(o) if f.name.endswith("_lr")}
-    rates["means_lr_final"] = o.means_lr_final / factor  # the decay keeps its shape
+    rates = {f.name: getattr(o, f.name) / factor for f in dataclasses.fields(o) if "_lr" in f.name}  # + means_lr_final
     return dataclasses.replace(
         run,
         steps=at(run.steps),
