@@ -139,6 +139,7 @@ def run_one(
         "steps": cfg.steps, "overrides": overrides,
         "lookahead_scale": cfg.guidance.lookahead_scale, "linear_term": cfg.guidance.linear_term,
         **{m: getattr(evaluation, m) for m in METRICS},
+        "area_ratio": evaluation.area_ratio,  # silhouette area over the truth's: size or shape?
         "views": [v["view"] for v in evaluation.per_view],  # the classifier's view of each ring camera
         "seconds_per_step": statistics.median(b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])),
         "total_seconds": wall, "peak_memory_mb": rows[-1]["peak_memory_mb"], "gaussians": rows[-1]["n_gaussians"],

@@ -558,7 +558,8 @@ def eval_run(
     views = len(result.per_view)
     console.print(
         f"prompt accuracy {result.prompt_accuracy:.3f} ({round(result.prompt_accuracy * views)}/{views} views), "
-        f"IoU {result.iou:.3f}, colour error {result.colour_error:.3f}, speckle {result.speckle:.3f}"
+        f"IoU {result.iou:.3f} (area {result.area_ratio:.2f}x the true one), "
+        f"colour error {result.colour_error:.3f}, speckle {result.speckle:.3f}"
         + (f", view consistency {result.view_consistency:.3f}" if result.view_consistency is not None else "")
         + (f", FID {result.fid:.3g}, KID {result.kid:.3g}" if result.fid is not None else "")
     )

@@ -1,6 +1,7 @@
 """The shapes world, prior training (tiny) and 2D sampling."""
 
 import dataclasses
+import math
 
 import imageio.v3 as iio
 import pytest
@@ -166,6 +167,15 @@ def test_evaluator_tells_right_from_wrong(classifier_folder, tmp_path, capsys):
     speckled = evaluate_scene(GaussianScene(**spotted), "red", "house", classifier)
     assert right.speckle < 0.02 and speckled.speckle > right.speckle + 0.05, (right.speckle, speckled.speckle)
     assert speckled.iou > 0.9  # the silhouette is the same: speckle is its own measure
+    # Area ratio: the true house is the true size; grown 1.25x (rescale_scene, as size calibration does), its
+    # silhouettes cover about 1.25² the area, and the IoU falls by size alone.
+    from splat3d.run.size import rescale_scene
+
+    assert abs(right.area_ratio - 1.0) < 0.03, right.area_ratio
+    with torch.no_grad():
+        rescale_scene(house, math.log(1.25))
+    grown = evaluate_scene(house, "red", "house", classifier)
+    assert 1.4 < grown.area_ratio < 1.75 and grown.iou < right.iou - 0.15, (grown.area_ratio, grown.iou)
 
     run = tmp_path / "run"
     run.mkdir()

@@ -9,6 +9,9 @@ renders a result at 128 px from a fixed ring of twelve views and reports:
 - agreement with the true object on the same views: alpha-mask IoU, the
   mean absolute colour error inside both masks, and speckle: the share of
   those pixels whose colour is far from the truth's (SPECKLE_THRESHOLD);
+- area ratio: the result's silhouette area over the true one's, summed over
+  the ring (1.0: the right size; above 1 too large). It says whether a low
+  IoU is a size error or a shape error;
 - view consistency (objects with a front): the fraction of views where "the
   front is seen" agrees with "the camera is in front" (azimuth within the
   prompt processor's front threshold). A Janus object, with a front on
@@ -251,6 +254,7 @@ class Evaluation:
     per_view: list
     fid: Optional[float] = None
     kid: Optional[float] = None
+    area_ratio: Optional[float] = None
 
 
 @torch.no_grad()
@@ -293,6 +297,7 @@ def evaluate_scene(
         iou=float((inter / union).mean()), colour_error=float(colour_error), speckle=float(speckle),
         view_consistency=consistency,
         per_view=per_view,
+        area_ratio=float(mask_ours.sum() / mask_true.sum().clamp_min(1)),
         **(distribution_metrics(scene, reference, classifier) if reference is not None else {}),
     )  # fmt: skip
 
