@@ -223,7 +223,8 @@ def stretch_schedule(run: RunConfig, factor: float) -> RunConfig:
     same distance (Adam moves a parameter about lr per step) and averages more of the noisy score: at 3x the steps
     with the rates unchanged the scenes shrank (the torus thinned, IoU fell 0.07 on the shipped prior); with them
     divided by 3, IoU rose 0.026 over 1x on four prompts and ties 1x over all 12 (-0.005 +- 0.009; spheres and cubes,
-    too large already, grow a little more; docs/benchmarks.md, "L2-VSD's regime"). The LoRA's rate stays: the score model has to keep up with the renders whatever the budget."""
+    too large already, grow a little more; docs/benchmarks.md, "L2-VSD's regime"). The LoRA's rate stays: the
+    score model has to keep up with the renders whatever the budget."""
     if factor <= 0:
         raise Splat3dError(f"--budget must be positive, not {factor}.")
     at = lambda step: max(1, round(step * factor))  # noqa: E731
