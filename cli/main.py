@@ -598,6 +598,11 @@ def prior_train(
     view_front_weight: Optional[float] = typer.Option(
         None, help="How much more often the view stage draws a house or mug front than each other view (default 1)."
     ),
+    vae_detail_weight: Optional[float] = typer.Option(
+        None,
+        help="Latent priors: extra weight of the autoencoder's error on the door, window and roof-edge pixels (0: "
+        "plain L1, version 2's recipe; 20 kept every house's door, docs/shapes.md).",
+    ),
     camera: Optional[bool] = typer.Option(
         None,
         "--camera/--no-camera",
@@ -633,7 +638,7 @@ def prior_train(
     settings = {**VERSIONS[version], **({"steps": steps} if steps is not None else {})}
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
              "view_fronted_weight": view_fronted_weight, "view_front_weight": view_front_weight,
-             "camera_condition": camera,
+             "camera_condition": camera, "vae_detail_weight": vae_detail_weight,
              "camera_lr": camera_lr, "camera_tokens": camera_tokens}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)

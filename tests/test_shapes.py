@@ -17,7 +17,7 @@ from splat3d.render.cameras import orbit_cameras
 from splat3d.scene import GaussianScene
 from splat3d.scene.gaussians import rgb_to_sh0
 from splat3d.scene.ply import write_ply
-from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer, captions
+from splat3d.shapes.train_prior import PriorTrainConfig, PriorTrainer, captions, detail_pixels
 from splat3d.shapes.world import COLOURS, FRONTED, KINDS, make_object, parse_prompt
 
 
@@ -268,6 +268,28 @@ def test_latent_prior_trains_its_autoencoder_then_the_unet_and_resumes_exactly(t
     assert prior.scheduler.config.clip_sample is False
     images = sample_images(prior, ["a red cube, overhead view"], steps=3)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_autoencoder_detail_weight_finds_the_door_and_reaches_the_loss(tmp_path):
+    from splat3d.shapes.evaluate import ring_cameras
+
+    cams = ring_cameras(size=64)  # azimuth 0 is the front
+    for kind, colour in (("house", "blue"), ("house", "yellow"), ("mug", "purple"), ("cube", "red")):
+        images = render(make_object(colour, kind), cams, 1.0, backend="torch").images.clamp(0, 1) * 2 - 1
+        share = detail_pixels(images).mean((1, 2, 3))
+        if kind == "house":  # the door (and window) on the front; the wall, the roof and the background are not details
+            assert 0.02 < share[0] < 0.08, (colour, share[0])
+        else:
+            assert share.max() == 0, (colour, kind)
+    cfg = dataclasses.replace(TINY, resolution=32, latent=True, vae_steps=2, vae_batch_size=16, steps=1,
+                              vae_block_out_channels=(8, 16, 16), views_per_object=16, kinds=("house",))  # fmt: skip
+    losses = {}
+    for weight in (0.0, 20.0):
+        trainer = PriorTrainer(dataclasses.replace(cfg, vae_detail_weight=weight), tmp_path / f"w{weight:g}",
+                               cache_dir=tmp_path / "cache", log=lambda m: None)  # fmt: skip
+        losses[weight] = trainer.train_vae_step()
+    # the same first batch and initial weights (seeded), so only the weighting of the door's pixels differs
+    assert losses[20.0] > losses[0.0] * 1.05, losses
 
 
 def test_latent_width_and_depth_reach_the_autoencoder_and_the_unet(tmp_path):
