@@ -470,10 +470,10 @@ class PriorTrainer:
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=self.generator)
         recon = self.vae.decode(z).sample
         if cfg.vae_detail_weight:
-            error = (recon - x).abs() * (1 + cfg.vae_detail_weight * detail_pixels(x))
-            loss = error.mean() + cfg.vae_kl_weight * posterior.kl().mean()
-        else:  # version 2's loss, bit for bit
-            loss = F.l1_loss(recon, x) + cfg.vae_kl_weight * posterior.kl().mean()
+            reconstruction = ((recon - x).abs() * (1 + cfg.vae_detail_weight * detail_pixels(x))).mean()
+        else:  # version 2's, bit for bit
+            reconstruction = F.l1_loss(recon, x)
+        loss = reconstruction + cfg.vae_kl_weight * posterior.kl().mean()
         self.vae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
