@@ -624,6 +624,16 @@ def prior_train(
         help="Start a new folder from an exported prior (a prior/ folder, or a built-in name such "
         "as shapes), its stages counted as done: --from shapes --view-steps N trains only the view stage.",
     ),
+    init_from: Optional[str] = typer.Option(
+        None,
+        "--init-from",
+        help="Start a new folder's weights from an exported prior (a prior/ folder or a built-in name) and run "
+        "every stage from them: fine-tuning, e.g. --init-from shapes --vae-detail-weight 20 --vae-steps 500 "
+        "--steps 2500 retrains the shipped prior's autoencoder and UNet in about an hour.",
+    ),
+    vae_steps: Optional[int] = typer.Option(
+        None, help="Latent priors: autoencoder steps before the UNet's (default: the version's)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train the built-in prior of a world from a seed (resumable); writes OUT/prior."""
@@ -639,21 +649,27 @@ def prior_train(
     given = {"view_steps": view_steps, "view_kinds": view_kinds, "view_batch_share": view_share,
              "view_fronted_weight": view_fronted_weight, "view_front_weight": view_front_weight,
              "camera_condition": camera, "vae_detail_weight": vae_detail_weight,
-             "camera_lr": camera_lr, "camera_tokens": camera_tokens}  # fmt: skip
+             "camera_lr": camera_lr, "camera_tokens": camera_tokens, "vae_steps": vae_steps}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = PriorTrainConfig(batch_size=batch_size, seed=seed, checkpoint_every=checkpoint_every, **settings)
-    if start_from is not None:
-        from splat3d.distill.priors import builtin_priors
+    from splat3d.distill.priors import builtin_priors
 
-        start_from = builtin_priors().get(start_from, Path(start_from))
-        if not start_from.is_dir():
-            raise Splat3dError(f"--from {start_from}: no such folder or built-in prior; give a prior/ folder "
+    def prior_folder(option: str, name: Optional[str]) -> Optional[Path]:
+        if name is None:
+            return None
+        folder = builtin_priors().get(name, Path(name))
+        if not folder.is_dir():
+            raise Splat3dError(f"{option} {name}: no such folder or built-in prior; give a prior/ folder "
                                f"or one of: {', '.join(builtin_priors())}.")  # fmt: skip
+        return folder
+
+    start_from, init_from = prior_folder("--from", start_from), prior_folder("--init-from", init_from)
     ensure_writable_dir(out)
     columns = (TextColumn("train"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"))  # fmt: skip
     with FolderLock(out, "splat3d prior train"):
-        trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m), start_from=start_from)
+        trainer = PriorTrainer(cfg, out, log=lambda m: err_console.print(m), start_from=start_from,
+                               init_from=init_from)  # fmt: skip
         with Progress(*columns, console=err_console, disable=quiet) as progress:
             task = progress.add_task("train", total=trainer.total_steps, completed=trainer.total_step,
                                      loss=float("nan"))  # fmt: skip

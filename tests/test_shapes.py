@@ -1,6 +1,7 @@
 """The shapes world, prior training (tiny) and 2D sampling."""
 
 import dataclasses
+import json
 import math
 
 import imageio.v3 as iio
@@ -211,7 +212,6 @@ def test_fid_and_kid_tell_distributions_apart(classifier_folder):
 
 def test_eval_reports_fid_and_kid_against_the_prior(classifier_folder, tiny_priors, tmp_path, capsys):
     """splat3d eval samples the run's prior and writes FID and KID into eval.json."""
-    import json
     import shutil
 
     from splat3d.run.config import build_config, to_yaml
@@ -290,6 +290,42 @@ def test_autoencoder_detail_weight_finds_the_door_and_reaches_the_loss(tmp_path)
         losses[weight] = trainer.train_vae_step()
     # the same first batch and initial weights (seeded), so only the weighting of the door's pixels differs
     assert losses[20.0] > losses[0.0] * 1.05, losses
+
+
+def test_init_from_fine_tunes_every_stage_from_an_exported_priors_weights(tmp_path):
+    cfg = dataclasses.replace(TINY, latent=True, vae_steps=2, vae_batch_size=4, vae_block_out_channels=(8, 16, 16),
+                              steps=2, views_per_object=16, kinds=("cube", "house"))  # fmt: skip
+    source = PriorTrainer(cfg, tmp_path / "a", cache_dir=tmp_path / "cache", log=lambda m: None).run()
+    tuned = dataclasses.replace(cfg, vae_detail_weight=20.0, vae_steps=3, steps=3)  # a new autoencoder recipe
+    start = lambda out: PriorTrainer(tuned, tmp_path / out, cache_dir=tmp_path / "cache", log=lambda m: None,  # noqa: E731
+                                     init_from=source)  # fmt: skip
+    trainer = start("b")
+    exported = load_prior(source, device="cpu")
+    # the source's weights, but no stage counted as done: all 3 + 3 steps run from them
+    assert (trainer.vae_step, trainer.step, trainer.total_steps) == (0, 0, 6)
+    for mine, theirs in ((trainer.vae, exported.vae), (trainer.ema["unet"], exported.unet)):
+        for k, v in theirs.state_dict().items():
+            assert torch.equal(v, mine.state_dict()[k]), k
+    with pytest.raises(_Stop):  # interrupted in the UNet's stage: the resume needs no --init-from to keep it
+        trainer.run(_stop_at(5))
+    resumed = PriorTrainer(tuned, tmp_path / "b", cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert (resumed.vae_step, resumed.step) == (3, 1)
+    folder = resumed.run()
+    straight = start("c")
+    straight.run()
+    for (k, a), (_, b) in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(resumed.vae.state_dict()["decoder.conv_out.weight"],
+                           exported.vae.state_dict()["decoder.conv_out.weight"].float())  # fmt: skip
+    meta = json.loads((folder / "model_index.json").read_text())["splat3d"]
+    assert meta["initialised_from"] == str(source) and meta["trained_steps"] == 3
+    assert (folder / "classifier.safetensors").read_bytes() == (source / "classifier.safetensors").read_bytes()
+    with pytest.raises(Splat3dError, match=r"other settings \(resolution\)"):  # another dataset: refused
+        PriorTrainer(dataclasses.replace(tuned, resolution=32), tmp_path / "d", cache_dir=tmp_path / "cache",
+                     init_from=source)  # fmt: skip
+    with pytest.raises(Splat3dError, match="exclude each other"):
+        PriorTrainer(tuned, tmp_path / "e", cache_dir=tmp_path / "cache", init_from=source, start_from=source)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists(), "refused before any work"
 
 
 def test_latent_width_and_depth_reach_the_autoencoder_and_the_unet(tmp_path):

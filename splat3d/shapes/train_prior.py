@@ -159,7 +159,7 @@ class PriorTrainConfig:
         if self.view_steps and not set(self.kinds) & set(FRONTED):
             raise Splat3dError(f"--view-steps needs a kind with a front ({', '.join(FRONTED)}) among the kinds.")
         if self.latent and (self.vae_steps <= 0 or self.resolution % 4):
-            raise Splat3dError("A latent prior needs positive vae_steps and a resolution divisible by 4.")
+            raise Splat3dError("A latent prior needs positive --vae-steps and a resolution divisible by 4.")
         if self.weights_dtype not in ("float32", "float16"):
             raise Splat3dError(f"weights_dtype is float32 or float16, not {self.weights_dtype!r}.")
 
@@ -344,11 +344,17 @@ def build_vae(cfg: PriorTrainConfig):
 
 
 def _check_same_settings(
-    saved: dict, cfg: PriorTrainConfig, out: Path, unet_step: int, fix: str = "resume it with the same ones"
+    saved: dict,
+    cfg: PriorTrainConfig,
+    out: Path,
+    unet_step: int,
+    fix: str = "resume it with the same ones",
+    also_free: tuple = (),
 ) -> None:
     """A training folder resumes only with the settings it was started with (step counts may change;
     the autoencoder's only until the UNet has begun to learn its latents)."""
     free = ("steps", "view_steps", "checkpoint_every", "keep_checkpoints", "classifier_steps", "weights_dtype")
+    free += also_free
     free += () if unet_step else ("vae_steps",)
     if unet_step <= cfg.steps:  # the view stage has not begun: its settings are free
         free += ("view_batch_share", "view_kinds", "view_fronted_weight", "view_front_weight", "camera_condition",
@@ -378,21 +384,33 @@ def _exported_training(folder: Path) -> dict:
 class PriorTrainer:
     def __init__(
         self, cfg: PriorTrainConfig, out: Path, cache_dir: Optional[Path] = None, log=print,
-        start_from: Optional[Path] = None,
+        start_from: Optional[Path] = None, init_from: Optional[Path] = None,
     ):  # fmt: skip
         """``start_from``: an exported prior (a ``prior/`` folder) whose weights a new folder starts from, the
-        stages it has done counted as done (e.g. the shipped prior, to add only ``view_steps``). A folder with
-        checkpoints resumes from them and ignores it."""
+        stages it has done counted as done (e.g. the shipped prior, to add only ``view_steps``).
+
+        ``init_from``: an exported prior whose weights (autoencoder, UNet, text encoder) are a new folder's
+        first weights, every stage then running all its steps from them: fine-tuning, to retrain a prior with
+        a changed autoencoder recipe (``vae_detail_weight``, ``vae_steps`` and the step counts may differ from
+        its own) without the UNet's hours from scratch. A folder with checkpoints resumes from them and
+        ignores both."""
+        if start_from is not None and init_from is not None:
+            raise Splat3dError("--from and --init-from exclude each other: --from continues a prior's stages, "
+                               "--init-from runs them all again from its weights; give one.")  # fmt: skip
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.start_from = Path(start_from) if start_from is not None else None
+        self.init_from = Path(init_from) if init_from is not None else None
         path, state, start = None, None, None
         if list_checkpoints(self.out / "checkpoints"):  # checked before any work
             path, state = load_newest_checkpoint(self.out / "checkpoints", set_aside=True)
             _check_same_settings(json.loads(state["config"]), cfg, self.out, state.get("unet_step", 0))
-        elif start_from is not None:
-            start = _exported_training(Path(start_from))
-            _check_same_settings(start["config"], cfg, Path(start_from), start["trained_steps"],
-                                 fix="start from it with the settings it was trained with")  # fmt: skip
+            self.init_from = Path(state["init_from"]) if state.get("init_from") else None
+        elif start_from is not None or init_from is not None:
+            start = _exported_training(Path(start_from or init_from))
+            also_free = ("vae_steps", "vae_detail_weight") if init_from is not None else ()
+            _check_same_settings(start["config"], cfg, Path(start_from or init_from), start["trained_steps"],
+                                 fix="start from it with the settings it was trained with",
+                                 also_free=also_free)  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = build_dataset(cfg, cache_dir or self.out / "cache", log)
         self.tokenizer, self.text_encoder, self.unet, self.scheduler = build_models(cfg, self.out / "tokenizer")
@@ -412,7 +430,7 @@ class PriorTrainer:
         self._view_weights = None
         self.camera_start = 0  # the UNet step at which the camera embedding joined (its EMA warms up from there)
         if start is not None:
-            self._load_exported(Path(start_from), start["trained_steps"])
+            self._load_exported(Path(start_from or init_from), start["trained_steps"], done=start_from is not None)
         if state is not None:
             self.modules.load_state_dict(state["modules"])
             self.ema.load_state_dict(state["ema"])
@@ -427,8 +445,9 @@ class PriorTrainer:
                 self.vae_step = state["vae_step"]
             log(f"resuming from {path} (step {self.total_step})")
 
-    def _load_exported(self, folder: Path, trained_steps: int) -> None:
-        """Weights and EMA from an exported prior (float16 exports come back as float32)."""
+    def _load_exported(self, folder: Path, trained_steps: int, done: bool = True) -> None:
+        """Weights and EMA from an exported prior (float16 exports come back as float32); ``done``: its stages
+        count as done (``start_from``), else every stage runs from these weights (``init_from``)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -442,15 +461,18 @@ class PriorTrainer:
             new = f"{self.camera_module.split('.')[0]}." if self.camera_module else None  # the text's too
             if unexpected or any(new is None or not k.startswith(new) for k in missing):
                 raise Splat3dError(f"{folder} holds a {name} of another layout; start from a prior of this version.")
-            if missing:
+            if missing and done:
                 self.camera_start = trained_steps
         self.ema.load_state_dict(self.modules.state_dict())
         if self.cfg.latent:
             self.vae.load_state_dict(AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
                                      .state_dict())  # fmt: skip
-            self.vae_step = self.cfg.vae_steps
-        self.step = trained_steps
-        self.log(f"starting from the prior in {folder} ({trained_steps} UNet steps)")
+        if done:
+            self.vae_step = self.cfg.vae_steps if self.cfg.latent else 0
+            self.step = trained_steps
+            self.log(f"starting from the prior in {folder} ({trained_steps} UNet steps)")
+        else:
+            self.log(f"starting from the weights of the prior in {folder}; every stage runs all its steps")
 
     @property
     def total_step(self) -> int:
@@ -564,7 +586,7 @@ class PriorTrainer:
             "config": json.dumps(asdict(self.cfg)),
             "modules": self.modules.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "init_from": str(self.init_from or ""),
         }  # fmt: skip
         if self.cfg.latent:
             state.update(vae=self.vae.state_dict(), vae_optimizer=self.vae_optimizer.state_dict(),
@@ -588,6 +610,7 @@ class PriorTrainer:
                  "scheduler": ["diffusers", "DDPMScheduler"],
                  "vae": ["diffusers", "AutoencoderKL"] if self.cfg.latent else [None, None],
                  "splat3d": {"trained_steps": self.step, "config": asdict(self.cfg),
+                             "initialised_from": str(self.init_from) if self.init_from else None,
                              "vocabulary": vocabulary(), "sample_guidance_scale": SAMPLE_GUIDANCE_SCALE,
                              "sample_eta": SAMPLE_ETA,
                              "sample_view_guidance_scale": SAMPLE_VIEW_GUIDANCE_SCALE}}  # fmt: skip
@@ -622,7 +645,7 @@ class PriorTrainer:
             self.encode_dataset()  # the scaling factor goes into the exported VAE's config
         folder = self.export()
         if not (folder / "classifier.safetensors").exists():
-            source = self.start_from
+            source = self.start_from or self.init_from
             if source is not None and (source / "classifier.safetensors").is_file():
                 # the same dataset and seed would train the same classifier: keep the one it ships
                 for name in ("classifier.safetensors", "classifier.json"):
