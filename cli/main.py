@@ -629,7 +629,7 @@ def prior_train(
         "--init-from",
         help="Start a new folder's weights from an exported prior (a prior/ folder or a built-in name) and run "
         "every stage from them: fine-tuning, e.g. --init-from shapes --vae-detail-weight 20 --vae-steps 500 "
-        "--steps 2500 retrains the shipped prior's autoencoder and UNet in about an hour.",
+        "--steps 1500 retrains the shipped prior's autoencoder and UNet in about an hour on 2 cores.",
     ),
     vae_steps: Optional[int] = typer.Option(
         None, help="Latent priors: autoencoder steps before the UNet's (default: the version's)."
