@@ -401,14 +401,15 @@ class PriorTrainer:
         self.start_from = Path(start_from) if start_from is not None else None
         self.init_from = Path(init_from) if init_from is not None else None
         path, state, start = None, None, None
+        source = start_from if start_from is not None else init_from
         if list_checkpoints(self.out / "checkpoints"):  # checked before any work
             path, state = load_newest_checkpoint(self.out / "checkpoints", set_aside=True)
             _check_same_settings(json.loads(state["config"]), cfg, self.out, state.get("unet_step", 0))
             self.init_from = Path(state["init_from"]) if state.get("init_from") else None
-        elif start_from is not None or init_from is not None:
-            start = _exported_training(Path(start_from or init_from))
+        elif source is not None:
+            start = _exported_training(Path(source))
             also_free = ("vae_steps", "vae_detail_weight") if init_from is not None else ()
-            _check_same_settings(start["config"], cfg, Path(start_from or init_from), start["trained_steps"],
+            _check_same_settings(start["config"], cfg, Path(source), start["trained_steps"],
                                  fix="start from it with the settings it was trained with",
                                  also_free=also_free)  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +431,7 @@ class PriorTrainer:
         self._view_weights = None
         self.camera_start = 0  # the UNet step at which the camera embedding joined (its EMA warms up from there)
         if start is not None:
-            self._load_exported(Path(start_from or init_from), start["trained_steps"], done=start_from is not None)
+            self._load_exported(Path(source), start["trained_steps"], done=start_from is not None)
         if state is not None:
             self.modules.load_state_dict(state["modules"])
             self.ema.load_state_dict(state["ema"])
